@@ -1,0 +1,115 @@
+"""Embedding files in batches: images decoded in a DataLoader worker pool so decoding overlaps inference."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from .encoders.base import Encoder
+from .errors import BadInput
+from .media import FileInfo, audio_info, load_text, open_image
+
+
+@dataclass
+class Batch:
+    """Files embedded together: ``extras[i]`` holds metadata read while decoding ``files[i]``."""
+
+    files: list[FileInfo]
+    vectors: np.ndarray
+    extras: list[dict[str, Any]] = field(default_factory=list)
+
+
+OnBatch = Callable[[Batch], None]
+OnError = Callable[[str, str], None]  # (path, one-line reason)
+
+
+def default_workers() -> int:
+    """Decode workers: ``$XSEARCH_WORKERS`` or min(4, cores)."""
+    env = os.environ.get("XSEARCH_WORKERS")
+    return int(env) if env else min(4, os.cpu_count() or 1)
+
+
+class _ImageFiles:
+    """Map-style dataset: decode + preprocess one image; failures come back as messages, not exceptions."""
+
+    def __init__(self, files: Sequence[FileInfo], preprocess: Callable):
+        self.files, self.preprocess = list(files), preprocess
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int):
+        try:
+            image, (w, h) = open_image(self.files[i].path)
+            return i, self.preprocess(image), {"width": w, "height": h}, None
+        except BadInput as exc:
+            return i, None, None, str(exc)
+        except Exception as exc:  # noqa: BLE001 - a decoder bug must not stop the whole run
+            return i, None, None, f"{self.files[i].path}: cannot decode image ({type(exc).__name__}: {exc})"
+
+
+def _collate(items):
+    return items
+
+
+def _worker_init(_: int) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def embed_images(encoder: Encoder, files: Sequence[FileInfo], on_batch: OnBatch, on_error: OnError,
+                 batch_size: int = 32, workers: int | None = None) -> None:
+    """Decode (in ``workers`` processes) and embed images, reporting each batch and each bad file."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    workers = default_workers() if workers is None else workers
+    loader = DataLoader(_ImageFiles(files, encoder.preprocess_image), batch_size=batch_size, num_workers=workers,
+                        collate_fn=_collate, worker_init_fn=_worker_init if workers else None,
+                        prefetch_factor=4 if workers else None, persistent_workers=False)
+    for items in loader:
+        good = [(i, t, extra) for i, t, extra, err in items if err is None]
+        for i, _, _, err in items:
+            if err is not None:
+                on_error(files[i].path, err)
+        if good:
+            vectors = encoder.encode_image_batch(torch.stack([t for _, t, _ in good]))
+            on_batch(Batch([files[i] for i, _, _ in good], vectors, [extra for _, _, extra in good]))
+
+
+def embed_texts(encoder: Encoder, files: Sequence[FileInfo], on_batch: OnBatch, on_error: OnError,
+                batch_size: int = 64) -> None:
+    """Read text files (one item per file) and embed them."""
+    for start in range(0, len(files), batch_size):
+        chunk, texts = [], []
+        for f in files[start : start + batch_size]:
+            try:
+                texts.append(load_text(f.path))
+                chunk.append(f)
+            except BadInput as exc:
+                on_error(f.path, str(exc))
+        if chunk:
+            on_batch(Batch(chunk, encoder.encode_text(texts), [{"text": t} for t in texts]))
+
+
+def embed_audio(encoder: Encoder, files: Sequence[FileInfo], on_batch: OnBatch, on_error: OnError,
+                batch_size: int = 16) -> None:
+    """Embed audio files one batch at a time; each file's duration and sample rate go in its extras."""
+    from .media import load_audio
+
+    for start in range(0, len(files), batch_size):
+        chunk, clips, extras = [], [], []
+        for f in files[start : start + batch_size]:
+            try:
+                duration, sr = audio_info(f.path)
+                clips.append(load_audio(f.path))
+            except BadInput as exc:
+                on_error(f.path, str(exc))
+                continue
+            chunk.append(f)
+            extras.append({"duration": duration, "sample_rate": sr})
+        if chunk:
+            on_batch(Batch(chunk, encoder.encode_audio(clips), extras))

@@ -1,0 +1,266 @@
+"""Audio tower: resampling and log-mel features in plain torch, a small CNN into the shared 384-d space.
+
+``AudioTower`` loads the weights shipped in ``xsearch/encoders/weights/audio_tower.safetensors`` (trained by
+``benchmarks/train_audio.py`` against frozen MiniLM caption embeddings) and embeds clips of any length:
+the clip is resampled to 16 kHz, cut into overlapping windows, each window embedded, the window embeddings
+mean-pooled and L2-normalised.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import BadInput, ModelLoadError
+from .base import AudioInput, l2_normalize
+
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+WEIGHTS_FILE = WEIGHTS_DIR / "audio_tower.safetensors"
+CONFIG_FILE = WEIGHTS_DIR / "audio_tower.json"
+
+
+@dataclass(frozen=True)
+class AudioConfig:
+    """Feature and tower hyper-parameters (saved as JSON beside the weights)."""
+
+    sample_rate: int = 16_000
+    n_fft: int = 512
+    win_length: int = 400  # 25 ms
+    hop_length: int = 160  # 10 ms
+    n_mels: int = 64
+    f_min: float = 50.0
+    f_max: float = 8_000.0
+    target_rms: float = 0.05  # each window is scaled to this RMS (loudness invariance)
+    channels: tuple[int, ...] = (32, 64, 128, 256)
+    hidden: int = 512
+    dim: int = 384
+    window_s: float = 4.0  # inference windows for long clips
+    hop_s: float = 2.0
+    min_s: float = 0.5  # shorter clips are zero-padded to this
+
+    @classmethod
+    def from_json(cls, text: str) -> "AudioConfig":
+        raw = json.loads(text)
+        raw["channels"] = tuple(raw.get("channels", cls.channels))
+        return cls(**{k: v for k, v in raw.items() if k in cls.__dataclass_fields__})
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+
+# ---- signal processing ---------------------------------------------------------------------------
+def resample(wave: np.ndarray, orig_sr: int, new_sr: int, zeros: int = 16) -> np.ndarray:
+    """Band-limited resampling with a Hann-windowed sinc kernel (polyphase, via conv1d)."""
+    wave = np.asarray(wave, dtype=np.float32)
+    if orig_sr == new_sr or wave.size == 0:
+        return wave
+    g = math.gcd(int(orig_sr), int(new_sr))
+    up, down = new_sr // g, orig_sr // g
+    kernel, width = _sinc_kernel(up, down, zeros)
+    x = torch.from_numpy(wave)[None, None]
+    x = F.pad(x, (width, width + down))
+    y = F.conv1d(x, kernel, stride=down)  # (1, up, frames)
+    y = y.transpose(1, 2).reshape(-1)
+    n_out = int(math.ceil(up * wave.size / down))
+    return y[:n_out].numpy().astype(np.float32)
+
+
+@lru_cache(maxsize=16)
+def _sinc_kernel(up: int, down: int, zeros: int) -> tuple[torch.Tensor, int]:
+    """One low-pass sinc filter per output phase, shape (up, 1, taps), and the left padding (input samples) it needs."""
+    cutoff = min(1.0, up / down) * 0.97  # fraction of the input Nyquist kept, small guard band
+    width = int(math.ceil(zeros / cutoff))
+    taps = 2 * width + down + 1
+    phase = torch.arange(up, dtype=torch.float64)[:, None] * down / up
+    t = phase + width - torch.arange(taps, dtype=torch.float64)[None]  # output time minus input time
+    window = torch.where(t.abs() <= width, torch.cos(math.pi * t / (2 * width)) ** 2, torch.zeros_like(t))
+    kernel = cutoff * torch.sinc(cutoff * t) * window
+    return kernel.to(torch.float32)[:, None], width
+
+
+def _hz_to_mel(f: np.ndarray | float) -> np.ndarray:
+    return 2595.0 * np.log10(1.0 + np.asarray(f, dtype=np.float64) / 700.0)
+
+
+def _mel_to_hz(m: np.ndarray) -> np.ndarray:
+    return 700.0 * (10.0 ** (np.asarray(m, dtype=np.float64) / 2595.0) - 1.0)
+
+
+@lru_cache(maxsize=4)
+def mel_filterbank(cfg: AudioConfig) -> torch.Tensor:
+    """Triangular HTK-mel filters, shape (n_fft // 2 + 1, n_mels), area-normalised (Slaney style)."""
+    freqs = np.linspace(0, cfg.sample_rate / 2, cfg.n_fft // 2 + 1)
+    mel_pts = np.linspace(_hz_to_mel(cfg.f_min), _hz_to_mel(cfg.f_max), cfg.n_mels + 2)
+    hz = _mel_to_hz(mel_pts)
+    lower, center, upper = hz[:-2, None], hz[1:-1, None], hz[2:, None]
+    up = (freqs[None] - lower) / (center - lower)
+    down = (upper - freqs[None]) / (upper - center)
+    fb = np.maximum(0.0, np.minimum(up, down)) * (2.0 / (upper - lower))
+    return torch.from_numpy(fb.T.astype(np.float32))
+
+
+def mel_band_of(freq_hz: float, cfg: AudioConfig = AudioConfig()) -> int:
+    """Index of the mel band whose centre is nearest ``freq_hz``."""
+    centers = _mel_to_hz(np.linspace(_hz_to_mel(cfg.f_min), _hz_to_mel(cfg.f_max), cfg.n_mels + 2))[1:-1]
+    return int(np.argmin(np.abs(centers - freq_hz)))
+
+
+def log_mel(waves: torch.Tensor, cfg: AudioConfig = AudioConfig()) -> torch.Tensor:
+    """(batch, samples) float waveforms at ``cfg.sample_rate`` -> (batch, n_mels, frames) natural-log mel energies."""
+    if waves.dim() == 1:
+        waves = waves[None]
+    window = torch.hann_window(cfg.win_length, device=waves.device)
+    spec = torch.stft(
+        waves, cfg.n_fft, cfg.hop_length, cfg.win_length, window, center=True, pad_mode="reflect", return_complex=True
+    )
+    power = spec.real**2 + spec.imag**2  # (batch, freq, frames)
+    mel = torch.einsum("bft,fm->bmt", power, mel_filterbank(cfg).to(waves.device))
+    return torch.log(mel + 1e-6)
+
+
+def normalize_loudness(wave: np.ndarray, target_rms: float) -> np.ndarray:
+    """Scale to ``target_rms`` (near-silent input is scaled by at most 50x so noise floors stay quiet)."""
+    rms = float(np.sqrt(np.mean(np.square(wave, dtype=np.float64)))) if wave.size else 0.0
+    gain = target_rms / max(rms, target_rms / 50.0)
+    return (wave * gain).astype(np.float32)
+
+
+# ---- the network ---------------------------------------------------------------------------------
+class AudioNet(nn.Module):
+    """Log-mel CNN: per-band input norm, conv blocks with 2x2 pooling, mean+max over time, MLP to ``dim``."""
+
+    def __init__(self, cfg: AudioConfig = AudioConfig()):
+        super().__init__()
+        self.cfg = cfg
+        self.bn0 = nn.BatchNorm1d(cfg.n_mels)
+        blocks, c_in = [], 1
+        for c_out in cfg.channels:
+            blocks.append(
+                nn.Sequential(
+                    nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
+                    nn.BatchNorm2d(c_out),
+                    nn.ReLU(inplace=True),
+                    nn.Conv2d(c_out, c_out, 3, padding=1, bias=False) if c_out >= 128 else nn.Identity(),
+                    nn.BatchNorm2d(c_out) if c_out >= 128 else nn.Identity(),
+                    nn.ReLU(inplace=True) if c_out >= 128 else nn.Identity(),
+                )
+            )
+            c_in = c_out
+        self.blocks = nn.ModuleList(blocks)
+        self.head = nn.Sequential(
+            nn.Linear(2 * c_in, cfg.hidden), nn.ReLU(inplace=True), nn.Dropout(0.1), nn.Linear(cfg.hidden, cfg.dim)
+        )
+
+    def forward(self, mel: torch.Tensor) -> torch.Tensor:
+        """(batch, n_mels, frames) log-mel -> (batch, dim) unnormalised embeddings."""
+        x = self.bn0(mel).unsqueeze(1)
+        for block in self.blocks:
+            x = block(x)
+            x = F.avg_pool2d(x, 2, ceil_mode=True) if x.shape[-1] > 1 else F.avg_pool2d(x, (2, 1), ceil_mode=True)
+        x = x.mean(dim=2)  # over frequency -> (batch, channels, frames)
+        x = torch.cat([x.mean(dim=-1), x.amax(dim=-1)], dim=1)
+        return self.head(x)
+
+
+# ---- the wrapper ---------------------------------------------------------------------------------
+class AudioTower:
+    """Embeds audio clips with a trained ``AudioNet``; windows long clips and mean-pools their embeddings."""
+
+    def __init__(self, net: AudioNet, device: str = "cpu"):
+        self.net = net.to(device).eval()
+        self.cfg = net.cfg
+        self.device = device
+        self.dim = net.cfg.dim
+
+    @classmethod
+    def load(cls, weights: str | Path = WEIGHTS_FILE, config: str | Path | None = None, device: str = "cpu") -> "AudioTower":
+        """Build from a safetensors file and the JSON config beside it."""
+        weights = Path(weights)
+        config = Path(config) if config else weights.with_suffix(".json")
+        try:
+            from safetensors.torch import load_file
+
+            cfg = AudioConfig.from_json(config.read_text())
+            net = AudioNet(cfg)
+            net.load_state_dict(load_file(str(weights)))
+        except FileNotFoundError as exc:
+            raise ModelLoadError(f"{exc.filename}: audio tower file missing (run benchmarks/train_audio.py)") from None
+        except Exception as exc:  # noqa: BLE001 - corrupt or mismatched weights
+            raise ModelLoadError(f"{weights}: cannot load audio tower ({str(exc).splitlines()[0]})") from None
+        return cls(net, device)
+
+    def windows(self, wave: np.ndarray, sr: int) -> list[np.ndarray]:
+        """Resample to the model rate and cut into loudness-normalised windows (the last one aligned to the end)."""
+        cfg = self.cfg
+        wave = np.asarray(wave, dtype=np.float32)
+        if wave.ndim != 1:
+            wave = wave.mean(axis=-1) if wave.ndim == 2 else wave.reshape(-1)
+        wave = resample(np.nan_to_num(wave), int(sr), cfg.sample_rate)
+        return [normalize_loudness(w, cfg.target_rms) for w in split_windows(wave, cfg)]
+
+    @torch.inference_mode()
+    def embed_windows(self, windows: Sequence[np.ndarray], batch_size: int = 32) -> np.ndarray:
+        """Embed equal- or unequal-length windows (grouped by length), L2-normalised, in input order."""
+        out = np.zeros((len(windows), self.dim), np.float32)
+        by_len: dict[int, list[int]] = {}
+        for i, w in enumerate(windows):
+            by_len.setdefault(len(w), []).append(i)
+        for idxs in by_len.values():
+            for s in range(0, len(idxs), batch_size):
+                chunk = idxs[s : s + batch_size]
+                batch = torch.from_numpy(np.stack([windows[i] for i in chunk])).to(self.device)
+                out[chunk] = self.net(log_mel(batch, self.cfg)).float().cpu().numpy()
+        return l2_normalize(out)
+
+    def encode(self, clips: Sequence[AudioInput], batch_size: int = 32) -> np.ndarray:
+        """``(n, dim)`` float32 unit rows for clips given as ``(wave, sr)`` tuples or file paths."""
+        from ..media import load_audio
+
+        all_windows: list[np.ndarray] = []
+        owners: list[int] = []
+        for i, clip in enumerate(clips):
+            wave, sr = load_audio(clip) if isinstance(clip, (str, Path)) else clip
+            if sr is None or int(sr) <= 0:
+                raise BadInput(f"audio clip {i}: invalid sample rate {sr!r}")
+            ws = self.windows(wave, int(sr))
+            all_windows.extend(ws)
+            owners.extend([i] * len(ws))
+        if not clips:
+            return np.zeros((0, self.dim), np.float32)
+        emb = self.embed_windows(all_windows, batch_size)
+        pooled = np.zeros((len(clips), self.dim), np.float32)
+        np.add.at(pooled, np.asarray(owners), emb)
+        return l2_normalize(pooled)
+
+
+def split_windows(wave: np.ndarray, cfg: AudioConfig) -> list[np.ndarray]:
+    """Windows of ``cfg.window_s`` every ``cfg.hop_s`` (last aligned to the end); short clips padded to ``min_s``."""
+    win, hop = int(cfg.window_s * cfg.sample_rate), int(cfg.hop_s * cfg.sample_rate)
+    min_len = int(cfg.min_s * cfg.sample_rate)
+    if len(wave) <= win:
+        if len(wave) < min_len:
+            wave = np.pad(wave, (0, min_len - len(wave)))
+        return [wave]
+    starts = list(range(0, len(wave) - win + 1, hop))
+    if starts[-1] + win < len(wave):
+        starts.append(len(wave) - win)
+    return [wave[s : s + win] for s in starts]
+
+
+_DEFAULT: AudioTower | None = None
+
+
+def default_tower() -> AudioTower:
+    """The shipped tower, loaded once per process."""
+    global _DEFAULT
+    if _DEFAULT is None:
+        _DEFAULT = AudioTower.load()
+    return _DEFAULT

@@ -1,0 +1,186 @@
+"""Incremental indexing of files and caption files into a collection (part of the engine layer)."""
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Sequence
+
+import numpy as np
+
+from .batching import Batch, embed_audio, embed_images, embed_texts
+from .errors import BadInput
+from .media import AUDIO_EXTS, IMAGE_EXTS, TEXT_EXTS, FileInfo, discover, file_hash
+from .store import ItemRecord
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .engine import Collection
+
+ProgressFn = Callable[[int, int], None]  # (advance, total) — total is sent once with advance 0
+
+
+@dataclass
+class IndexReport:
+    """What one ``add`` did."""
+
+    added: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    removed: int = 0
+    captions: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+
+    def to_dict(self) -> dict:
+        return {"added": self.added, "updated": self.updated, "unchanged": self.unchanged, "removed": self.removed,
+                "captions": self.captions, "skipped": [{"path": p, "reason": r} for p, r in self.skipped]}
+
+
+@dataclass
+class _Plan:
+    new: list[FileInfo] = field(default_factory=list)
+    changed: list[FileInfo] = field(default_factory=list)
+    touched: list[tuple[int, int]] = field(default_factory=list)
+    unchanged: int = 0
+    gone: list[int] = field(default_factory=list)
+
+
+def plan(col: "Collection", roots: Sequence[str | os.PathLike[str]]) -> _Plan:
+    """Compare the files under ``roots`` with the store: what is new, changed, unchanged or gone."""
+    files = list(discover(roots))
+    if not files and not col.store.ids_where(under=[_abs(r) for r in roots]).size:
+        exts = ", ".join(sorted(IMAGE_EXTS | TEXT_EXTS | AUDIO_EXTS))
+        raise BadInput(f"{', '.join(map(str, roots))}: no supported files to index (looked for {exts})")
+    stored = col.store.by_keys([f.path for f in files])
+    out = _Plan()
+    for f in files:
+        row = stored.get(f.path)
+        if row is None:
+            out.new.append(f)
+        elif row.size == f.size and row.mtime_ns == f.mtime_ns:
+            out.unchanged += 1
+        elif row.sha256 == _hash_or_none(f.path):
+            out.touched.append((row.id, f.mtime_ns))
+            out.unchanged += 1
+        else:
+            out.changed.append(f)
+    seen = {f.path for f in files}
+    folder_roots = [_abs(r) for r in roots if Path(r).is_dir()]
+    if folder_roots:
+        out.gone = [r.id for r in col.store.rows(under=folder_roots) if r.parent_id is None and r.source is None
+                    and r.key not in seen]
+    return out
+
+
+def _abs(path: str | os.PathLike[str]) -> str:
+    return str(Path(path).expanduser().resolve())
+
+
+def _hash_or_none(path: str) -> str | None:
+    try:
+        return file_hash(path)
+    except OSError:
+        return None
+
+
+def add_files(col: "Collection", roots: Sequence[str | os.PathLike[str]], progress: ProgressFn | None = None,
+              workers: int | None = None, batch_size: int = 32) -> IndexReport:
+    """Index new/changed files under ``roots`` and drop stored files that no longer exist there."""
+    p = plan(col, roots)
+    report = IndexReport(unchanged=p.unchanged)
+    if p.gone:
+        report.removed = len(col._delete_ids(p.gone))
+    if p.touched:
+        col.store.touch(p.touched)
+    todo = p.new + p.changed
+    changed = {f.path for f in p.changed}
+    progress = progress or (lambda advance, total: None)
+    progress(0, len(todo))
+
+    def on_batch(batch: Batch) -> None:
+        records = [_record(f, extra) for f, extra in zip(batch.files, batch.extras)]
+        col._write(records, batch.vectors)
+        report.updated += sum(f.path in changed for f in batch.files)
+        report.added += sum(f.path not in changed for f in batch.files)
+        progress(len(batch.files), len(todo))
+
+    def on_error(path: str, reason: str) -> None:
+        report.skipped.append((path, reason))
+        progress(1, len(todo))
+
+    _embed_by_modality(col, todo, on_batch, on_error, workers, batch_size)
+    return report
+
+
+def _embed_by_modality(col: "Collection", todo: list[FileInfo], on_batch, on_error, workers, batch_size) -> None:
+    by_mod: dict[str, list[FileInfo]] = {}
+    for f in todo:
+        by_mod.setdefault(f.modality, []).append(f)
+    for modality, files in by_mod.items():
+        if not col.encoder.supports(modality):
+            for f in files:
+                on_error(f.path, f"{f.path}: encoder '{col.encoder.id}' cannot embed {modality}; skipped")
+        elif modality == "image":
+            embed_images(col.encoder, files, on_batch, on_error, batch_size=batch_size, workers=workers)
+        elif modality == "text":
+            embed_texts(col.encoder, files, on_batch, on_error)
+        else:
+            embed_audio(col.encoder, files, on_batch, on_error)
+
+
+def _record(f: FileInfo, extra: dict) -> ItemRecord:
+    return ItemRecord(key=f.path, path=f.path, modality=f.modality, size=f.size, mtime_ns=f.mtime_ns,
+                      sha256=file_hash(f.path), width=extra.get("width"), height=extra.get("height"),
+                      duration=extra.get("duration"), sample_rate=extra.get("sample_rate"),
+                      text=(extra.get("text") or "")[:2000] or None)
+
+
+# ---- captions ----------------------------------------------------------------------------------
+def read_captions(csv_path: str | os.PathLike[str]) -> list[tuple[int, str, str]]:
+    """Rows ``(line, absolute file path, caption)`` of a ``file,caption`` CSV (header optional)."""
+    csv_path = Path(csv_path)
+    try:
+        with open(csv_path, newline="", encoding="utf-8") as fh:
+            rows = list(csv.reader(fh))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise BadInput(f"{csv_path}: unreadable captions file ({exc})") from None
+    out = []
+    for line, row in enumerate(rows, start=1):
+        if line == 1 and row and row[0].strip().lower() in {"file", "path", "image", "filename"}:
+            continue
+        if not row or not "".join(row).strip():
+            continue
+        if len(row) < 2 or not row[1].strip():
+            raise BadInput(f"{csv_path}:{line}: expected 'file,caption'")
+        path = Path(row[0].strip()).expanduser()
+        path = path if path.is_absolute() else csv_path.parent / path
+        out.append((line, str(path.resolve()), ",".join(row[1:]).strip()))
+    if not out:
+        raise BadInput(f"{csv_path}: no captions in file")
+    return out
+
+
+def add_captions(col: "Collection", csv_path: str | os.PathLike[str], report: IndexReport,
+                 batch_size: int = 256) -> None:
+    """Index captions as text items linked to their (already indexed) image; drop this file's stale captions."""
+    source = str(Path(csv_path).resolve())
+    rows = read_captions(csv_path)
+    parents = col.store.by_keys(sorted({p for _, p, _ in rows}))
+    wanted: dict[str, ItemRecord] = {}
+    for line, path, caption in rows:
+        parent = parents.get(path)
+        if parent is None:
+            report.skipped.append((f"{source}:{line}", f"{source}:{line}: {path} is not indexed; caption skipped"))
+            continue
+        key = f"{path}#caption:{hashlib.sha1(caption.encode()).hexdigest()[:16]}"
+        wanted[key] = ItemRecord(key=key, path=path, modality="text", text=caption, source=source, parent_id=parent.id)
+    stale = [r.id for r in col.store.rows(source=source) if r.key not in wanted]
+    if stale:
+        col._delete_ids(stale)
+    known = col.store.by_keys(list(wanted))
+    todo = [rec for key, rec in wanted.items() if key not in known or known[key].parent_id != rec.parent_id]
+    for start in range(0, len(todo), batch_size):
+        chunk = todo[start : start + batch_size]
+        col._write(chunk, col.encoder.encode_text([r.text or "" for r in chunk]))
+    report.captions += len(todo)

@@ -1,0 +1,65 @@
+"""SQLAlchemy 2.0 models of a collection's metadata database (``meta.sqlite``)."""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Optional
+
+from sqlalchemy import ForeignKey, Index, LargeBinary, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, deferred, mapped_column
+
+STORE_SCHEMA_VERSION = 1
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Meta(Base):
+    """Key/value facts about the database itself (schema version, encoder id, dirty flag)."""
+
+    __tablename__ = "meta"
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+
+
+class Item(Base):
+    """One indexed thing: a file (image, text, audio) or a caption linked to its image.
+
+    ``key`` is unique: the absolute path for files, ``<image path>#caption:<hash>`` for captions.
+    ``id`` is also the item's FAISS id; ``vector`` keeps the embedding so the index can be rebuilt.
+    """
+
+    __tablename__ = "items"
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    key: Mapped[str] = mapped_column(Text, unique=True)
+    path: Mapped[str] = mapped_column(Text, index=True)
+    modality: Mapped[str] = mapped_column(String(16), index=True)
+    size: Mapped[Optional[int]]
+    mtime_ns: Mapped[Optional[int]]
+    sha256: Mapped[Optional[str]] = mapped_column(String(64), index=True)
+    width: Mapped[Optional[int]]
+    height: Mapped[Optional[int]]
+    duration: Mapped[Optional[float]]
+    sample_rate: Mapped[Optional[int]]
+    text: Mapped[Optional[str]] = mapped_column(Text)
+    source: Mapped[Optional[str]] = mapped_column(Text)
+    parent_id: Mapped[Optional[int]] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"), index=True)
+    created: Mapped[datetime] = mapped_column(default=utcnow)
+    updated: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow, index=True)
+    vector: Mapped[bytes] = deferred(mapped_column(LargeBinary))
+
+
+class Tag(Base):
+    """A tag on an item (zero-shot or user-given), with its score."""
+
+    __tablename__ = "tags"
+    item_id: Mapped[int] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"), primary_key=True)
+    tag: Mapped[str] = mapped_column(String(200), primary_key=True)
+    score: Mapped[Optional[float]]
+    source: Mapped[str] = mapped_column(String(32), default="user")
+
+    __table_args__ = (Index("ix_tags_tag", "tag"),)

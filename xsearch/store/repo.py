@@ -1,0 +1,262 @@
+"""The metadata store: sessions, upserts, lookups and folder diffs over ``meta.sqlite``."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from datetime import datetime
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+from sqlalchemy import create_engine, delete, event, func, or_, select
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DatabaseError
+from sqlalchemy.orm import Session, sessionmaker, undefer
+
+from ..errors import BadInput, SchemaTooNew
+from .models import STORE_SCHEMA_VERSION, Base, Item, Meta, Tag, utcnow
+
+CHUNK = 900  # stay under SQLite's bound-parameter limit
+
+
+@dataclass
+class ItemRecord:
+    """What the engine knows about an item before it is stored."""
+
+    key: str
+    path: str
+    modality: str
+    size: int | None = None
+    mtime_ns: int | None = None
+    sha256: str | None = None
+    width: int | None = None
+    height: int | None = None
+    duration: float | None = None
+    sample_rate: int | None = None
+    text: str | None = None
+    source: str | None = None
+    parent_id: int | None = None
+
+
+@dataclass
+class ItemRow(ItemRecord):
+    """A stored item (a detached copy: changing it changes nothing in the database)."""
+
+    id: int = 0
+    created: datetime | None = None
+    updated: datetime | None = None
+
+
+_RECORD_FIELDS = [f.name for f in fields(ItemRecord)]
+_ROW_FIELDS = [f.name for f in fields(ItemRow)]
+
+
+def _row(item: Item) -> ItemRow:
+    return ItemRow(**{name: getattr(item, name) for name in _ROW_FIELDS})
+
+
+def _chunks(values: Sequence, size: int = CHUNK) -> Iterator[Sequence]:
+    for start in range(0, len(values), size):
+        yield values[start : start + size]
+
+
+def _sqlite_pragmas(dbapi_conn, _record) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.close()
+
+
+class Store:
+    """Metadata + stored vectors of one collection in a SQLite file. Every write is one transaction."""
+
+    def __init__(self, path: str | os.PathLike[str]):
+        self.path = Path(path)
+        self.engine: Engine = create_engine(f"sqlite:///{self.path}")
+        event.listen(self.engine, "connect", _sqlite_pragmas)
+        self._session = sessionmaker(self.engine, expire_on_commit=False)
+        try:
+            Base.metadata.create_all(self.engine)
+            self._check_schema()
+        except DatabaseError as exc:
+            raise BadInput(f"{self.path}: not a readable SQLite database ({exc.orig})") from None
+
+    def _check_schema(self) -> None:
+        version = self.get_meta("schema_version")
+        if version is None:
+            self.set_meta("schema_version", str(STORE_SCHEMA_VERSION))
+        elif int(version) > STORE_SCHEMA_VERSION:
+            raise SchemaTooNew(f"{self.path}: metadata schema {version} is newer than this xsearch ({STORE_SCHEMA_VERSION})")
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def session(self) -> Session:
+        return self._session()
+
+    # ---- meta ---------------------------------------------------------------------------------
+    def get_meta(self, key: str) -> str | None:
+        with self.session() as s:
+            row = s.get(Meta, key)
+            return row.value if row else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self.session() as s, s.begin():
+            s.merge(Meta(key=key, value=value))
+
+    # ---- writes -------------------------------------------------------------------------------
+    def upsert(self, records: Sequence[ItemRecord], vectors: np.ndarray) -> list[int]:
+        """Insert or update items by ``key`` with their vectors, in one transaction; return their ids."""
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if len(records) != len(vectors):
+            raise BadInput(f"{len(records)} items for {len(vectors)} vectors")
+        with self.session() as s, s.begin():
+            existing = self._by_keys(s, [r.key for r in records])
+            items = []
+            for rec, vec in zip(records, vectors):
+                item = existing.get(rec.key) or Item(key=rec.key)
+                for name in _RECORD_FIELDS:
+                    setattr(item, name, getattr(rec, name))
+                item.vector = vec.tobytes()
+                item.updated = utcnow()
+                s.add(item)
+                items.append(item)
+            s.flush()
+            return [item.id for item in items]
+
+    def touch(self, ids_mtimes: Iterable[tuple[int, int]]) -> None:
+        """Record a new mtime for items whose content did not change."""
+        with self.session() as s, s.begin():
+            for item_id, mtime_ns in ids_mtimes:
+                item = s.get(Item, item_id)
+                if item is not None:
+                    item.mtime_ns = mtime_ns
+
+    def delete(self, ids: Sequence[int]) -> list[int]:
+        """Delete items and their children (captions); return every id removed."""
+        ids = list(ids)
+        if not ids:
+            return []
+        with self.session() as s, s.begin():
+            doomed = set(ids)
+            frontier = list(ids)
+            while frontier:
+                kids = []
+                for part in _chunks(frontier):
+                    kids += s.scalars(select(Item.id).where(Item.parent_id.in_(part))).all()
+                frontier = [k for k in kids if k not in doomed]
+                doomed.update(frontier)
+            for part in _chunks(sorted(doomed)):
+                s.execute(delete(Tag).where(Tag.item_id.in_(part)))
+                s.execute(delete(Item).where(Item.id.in_(part)))
+            return sorted(doomed)
+
+    def set_tags(self, tags: dict[int, list[tuple[str, float]]], source: str = "zero-shot") -> None:
+        """Replace the ``source`` tags of the given items."""
+        with self.session() as s, s.begin():
+            for part in _chunks(list(tags)):
+                s.execute(delete(Tag).where(Tag.item_id.in_(part), Tag.source == source))
+            for item_id, pairs in tags.items():
+                for tag, score in pairs:
+                    s.add(Tag(item_id=item_id, tag=tag, score=float(score), source=source))
+
+    # ---- reads --------------------------------------------------------------------------------
+    @staticmethod
+    def _by_keys(s: Session, keys: Sequence[str]) -> dict[str, Item]:
+        out: dict[str, Item] = {}
+        for part in _chunks(list(keys)):
+            for item in s.scalars(select(Item).where(Item.key.in_(part))):
+                out[item.key] = item
+        return out
+
+    def by_keys(self, keys: Sequence[str]) -> dict[str, ItemRow]:
+        with self.session() as s:
+            return {k: _row(v) for k, v in self._by_keys(s, keys).items()}
+
+    def get(self, ids: Sequence[int]) -> dict[int, ItemRow]:
+        out: dict[int, ItemRow] = {}
+        with self.session() as s:
+            for part in _chunks([int(i) for i in ids]):
+                for item in s.scalars(select(Item).where(Item.id.in_(part))):
+                    out[item.id] = _row(item)
+        return out
+
+    def rows(self, **filters) -> list[ItemRow]:
+        """Items matching :meth:`ids_where` filters, ordered by id."""
+        with self.session() as s:
+            stmt = self._filtered(select(Item), **filters).order_by(Item.id)
+            return [_row(i) for i in s.scalars(stmt)]
+
+    def ids_where(self, **filters) -> np.ndarray:
+        """Ids of items matching the filters (see :meth:`_filtered`)."""
+        with self.session() as s:
+            stmt = self._filtered(select(Item.id), **filters)
+            return np.fromiter(s.scalars(stmt), dtype=np.int64)
+
+    @staticmethod
+    def _filtered(stmt, modalities: Sequence[str] | None = None, under: Sequence[str] | None = None,
+                  since: datetime | None = None, until: datetime | None = None, tags: Sequence[str] | None = None,
+                  source: str | None = None):
+        if modalities:
+            stmt = stmt.where(Item.modality.in_(list(modalities)))
+        if under:
+            stmt = stmt.where(or_(*[_under_clause(p) for p in under]))
+        if since is not None:
+            stmt = stmt.where(Item.updated >= since)
+        if until is not None:
+            stmt = stmt.where(Item.updated <= until)
+        if tags:
+            stmt = stmt.where(Item.id.in_(select(Tag.item_id).where(Tag.tag.in_(list(tags)))))
+        if source is not None:
+            stmt = stmt.where(Item.source == source)
+        return stmt
+
+    def tags_of(self, ids: Sequence[int]) -> dict[int, list[tuple[str, float]]]:
+        out: dict[int, list[tuple[str, float]]] = {}
+        with self.session() as s:
+            for part in _chunks([int(i) for i in ids]):
+                for tag in s.scalars(select(Tag).where(Tag.item_id.in_(part)).order_by(Tag.score.desc())):
+                    out.setdefault(tag.item_id, []).append((tag.tag, tag.score or 0.0))
+        return out
+
+    def vectors(self, ids: Sequence[int], dim: int) -> np.ndarray:
+        """Stored vectors for ``ids``, in the same order."""
+        found: dict[int, bytes] = {}
+        with self.session() as s:
+            for part in _chunks([int(i) for i in ids]):
+                for item_id, blob in s.execute(select(Item.id, Item.vector).where(Item.id.in_(part))):
+                    found[item_id] = blob
+        return _decode([found[int(i)] for i in ids], dim)
+
+    def iter_vectors(self, dim: int, batch: int = 50_000) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """All (ids, vectors) in id order, ``batch`` at a time."""
+        last = 0
+        while True:
+            with self.session() as s:
+                stmt = select(Item.id, Item.vector).where(Item.id > last).order_by(Item.id).limit(batch)
+                got = s.execute(stmt).all()
+            if not got:
+                return
+            last = got[-1][0]
+            yield np.array([g[0] for g in got], dtype=np.int64), _decode([g[1] for g in got], dim)
+
+    def counts(self) -> dict[str, int]:
+        with self.session() as s:
+            return {m: n for m, n in s.execute(select(Item.modality, func.count()).group_by(Item.modality))}
+
+    def count(self) -> int:
+        with self.session() as s:
+            return int(s.scalar(select(func.count()).select_from(Item)) or 0)
+
+
+def _under_clause(prefix: str):
+    prefix = prefix.rstrip(os.sep)
+    escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return or_(Item.path == prefix, Item.path.like(escaped + os.sep + "%", escape="\\"))
+
+
+def _decode(blobs: list[bytes], dim: int) -> np.ndarray:
+    if not blobs:
+        return np.zeros((0, dim), np.float32)
+    return np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(blobs), dim).copy()

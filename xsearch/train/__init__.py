@@ -1,0 +1,1 @@
+"""Contrastive alignment: data, loss, heads/towers, loop, evaluation."""
