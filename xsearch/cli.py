@@ -78,6 +78,9 @@ def index(
     with _errors():
         if not paths and captions is None:
             raise BadInput("nothing to index: give one or more PATHs (and/or --captions CSV)")
+        for p in list(paths or []) + ([captions] if captions else []):
+            if not p.exists():
+                raise BadInput(f"{p}: no such file or folder")
         col = Collection.open(_home(home), collection, encoder=encoder, create=True, index=index_spec)
         bar, update = _progress(not (quiet or as_json), "embedding")
         if bar:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -270,7 +269,7 @@ class Collection:
 
     def similarity(self, rows: Sequence[Query], cols: Sequence[Query]) -> np.ndarray:
         """Cosine similarity matrix between two sets; each entry is a text, a file path or a vector."""
-        return embed_many(self.encoder, rows) @ embed_many(self.encoder, cols).T
+        return cosine_matrix(self.encoder, rows, cols)
 
     def tag(self, labels: Sequence[str], k: int = 3, template: str = "a photo of a {}.",
             modality: str = "image") -> dict[str, list[tuple[str, float]]]:
@@ -339,9 +338,7 @@ def embed_many(encoder: Encoder, items: Sequence[Query]) -> np.ndarray:
     return out
 
 
-def delete_collection(home: str | os.PathLike[str] | None, name: str) -> None:
-    """Remove a collection folder."""
-    folder = Path(home or default_home()) / name
-    if not (folder / INFO_FILE).exists():
-        raise MissingCollection(f"no collection '{name}' in {folder.parent}")
-    shutil.rmtree(folder)
+def cosine_matrix(encoder: Encoder, rows: Sequence[Query], cols: Sequence[Query]) -> np.ndarray:
+    """Cosine similarities between two mixed lists (see :func:`embed_many`)."""
+    return embed_many(encoder, rows) @ embed_many(encoder, cols).T
+
