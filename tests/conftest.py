@@ -13,7 +13,7 @@ DEV_PHOTOS = DATA / "dev-photos"
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("XSEARCH_WORKERS", "1")
+os.environ.setdefault("XSEARCH_WORKERS", "0")  # tests that need decode workers ask for them
 
 
 def pytest_collection_modifyitems(config, items):

@@ -92,7 +92,7 @@ def test_captions_option(home, photos, tmp_path):
     caps = tmp_path / "caps.csv"
     with open(caps, "w", newline="") as fh:
         csv.writer(fh).writerows([["file", "caption"], ["photos/chelsea.jpg", "a ginger cat, close up"]])
-    run("index", photos, "--captions", caps, "--home", home, "-q")
+    run("index", photos, "--captions", caps, "--home", home, "-q", "--workers", "2")
     hits = jsonl(run("query", "--image", photos / "chelsea.jpg", "--modality", "text", "--home", home, "--json").stdout)
     assert hits[0]["text"] == "a ginger cat, close up" and hits[0]["path"].endswith("chelsea.jpg")
 

@@ -176,7 +176,9 @@ def _print_hits(hits, as_json: bool) -> None:
     if not hits:
         err.print("no hits")
         return
-    table = Table("#", "score", "modality", "path", "text")
+    table = Table("#", "score", "modality")
+    table.add_column("path", overflow="fold")
+    table.add_column("text", overflow="fold")
     for h in hits:
         table.add_row(str(h.rank), f"{h.score:.3f}", h.modality, _short(h.path), (h.text or "")[:80])
     out.print(table)
