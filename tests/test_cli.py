@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -161,3 +162,28 @@ def test_dev_photos_retrieval_floor(home, tmp_path):
     r5 = np.mean([r < 5 for r in ranks])
     assert len(lines) == 40
     assert r1 >= 0.6 and r5 >= 0.8, (r1, r5)
+
+
+def test_index_and_query_with_a_local_openclip_checkpoint(home, photos, tiny_clip):
+    run("index", photos, "--encoder", tiny_clip, "--home", home, "-c", "clip", "-q")
+    info = json.loads(run("info", "--home", home, "-c", "clip", "--json").stdout)
+    assert info["encoder"] == tiny_clip and info["dim"] == 16 and info["items"] == 5
+    hits = jsonl(run("query", "--image", photos / "rocket.jpg", "--home", home, "-c", "clip", "--json").stdout)
+    assert Path(hits[0]["path"]).name == "rocket.jpg" and len(hits) == 5
+
+
+def test_index_choice_reindex_and_time_filter(home, photos):
+    run("index", photos, "--home", home, "--index", "hnsw", "-q")
+    info = json.loads(run("info", "--home", home, "--json").stdout)
+    assert info["index"]["kind"] == "hnsw" and info["index_request"] == "hnsw" and info["index"]["recall"] >= 0.95
+    assert Path(jsonl(run("query", "a cat", "--home", home, "--json").stdout)[0]["path"]).name == "chelsea.jpg"
+    spec = json.loads(run("reindex", "--index", "flat", "--home", home, "--json").stdout)
+    assert spec["kind"] == "flat"
+    assert json.loads(run("info", "--home", home, "--json").stdout)["index"]["kind"] == "flat"
+    old = photos / "sub" / "motorcycle.jpg"
+    os.utime(old, (0, 0))
+    run("index", photos, "--home", home, "-q")
+    hits = jsonl(run("query", "a photo", "--until", "1990-01-01", "--home", home, "--json").stdout)
+    assert [Path(h["path"]).name for h in hits] == ["motorcycle.jpg"]
+    hits = jsonl(run("query", "a photo", "--since", "1990-01-01", "--home", home, "--json").stdout)
+    assert "motorcycle.jpg" not in [Path(h["path"]).name for h in hits] and len(hits) == 3

@@ -5,6 +5,7 @@ import json
 import os
 import sys
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Iterator, List, Optional
 
@@ -66,7 +67,9 @@ def index(
     collection: str = CollectionOpt,
     encoder: Optional[str] = typer.Option(None, "--encoder", "-e", help="Encoder for a new collection [default: xsearch-mini]."),
     captions: Optional[Path] = typer.Option(None, "--captions", help="CSV of file,caption: captions become text items linked to their image."),
-    index_spec: str = typer.Option("auto", "--index", help="FAISS index for a new collection: auto, flat, ... (see README)."),
+    index_spec: str = typer.Option("auto", "--index", help="FAISS index for a new collection: auto, flat, ivf, ivfpq, hnsw, ... or a FAISS factory string."),
+    target_recall: float = typer.Option(0.95, "--target-recall", help="Recall@10 vs exact search that IVF/HNSW tuning aims for."),
+    memory: Optional[str] = typer.Option(None, "--memory", help="Memory budget for the index, e.g. 4G [default: half the RAM]."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Image decode worker processes [default: min(4, cores)]."),
     batch_size: int = typer.Option(32, "--batch-size", help="Images per inference batch."),
     quiet: bool = QuietOpt,
@@ -74,6 +77,7 @@ def index(
 ) -> None:
     """Index files/folders: new or changed files are embedded, deleted ones dropped; bad files are reported and skipped."""
     from .engine import Collection
+    from .index import parse_memory
 
     with _errors():
         if not paths and captions is None:
@@ -81,7 +85,8 @@ def index(
         for p in list(paths or []) + ([captions] if captions else []):
             if not p.exists():
                 raise BadInput(f"{p}: no such file or folder")
-        col = Collection.open(_home(home), collection, encoder=encoder, create=True, index=index_spec)
+        col = Collection.open(_home(home), collection, encoder=encoder, create=True, index=index_spec,
+                              target_recall=target_recall, memory_bytes=parse_memory(memory) if memory else None)
         bar, update = _progress(not (quiet or as_json), "embedding")
         if bar:
             bar.start()
@@ -105,6 +110,8 @@ def _print_report(col, report, quiet: bool, as_json: bool) -> None:
         err.print(f"{col.name}: {report.added} added, {report.updated} updated, {report.unchanged} unchanged, "
                   f"{report.removed} removed, {report.captions} captions, {len(report.skipped)} skipped; "
                   f"{len(col)} items in {col.folder}", highlight=False)
+    if report.outgrown and not quiet:
+        err.print(f"note: the collection has outgrown its {col.index.spec.kind} index; run `xsearch reindex -c {col.name}`")
 
 
 def _parse_weights(spec: Optional[str]) -> Optional[dict]:
@@ -133,6 +140,8 @@ def query(
     weights: Optional[str] = typer.Option(None, "--weights", help="Fused query weights, e.g. text=0.3,image=0.7."),
     under: Optional[List[Path]] = typer.Option(None, "--under", help="Only items under this path (repeatable)."),
     tag: Optional[List[str]] = typer.Option(None, "--tag", help="Only items with this tag (repeatable)."),
+    since: Optional[datetime] = typer.Option(None, "--since", help="Only files modified at or after this time (ISO date)."),
+    until: Optional[datetime] = typer.Option(None, "--until", help="Only files modified at or before this time (ISO date)."),
     encoder: Optional[str] = typer.Option(None, "--encoder", "-e", help="Must match the collection's encoder if given."),
     home: Optional[Path] = HomeOpt,
     collection: str = CollectionOpt,
@@ -145,7 +154,8 @@ def query(
         if k < 1:
             raise BadInput(f"-k must be at least 1 (got {k})")
         col = Collection.open(_home(home), collection, encoder=encoder)
-        filters = {"under": [str(p) for p in under] if under else None, "tags": tag or None}
+        filters = {"under": [str(p) for p in under] if under else None, "tags": tag or None, "since": since,
+                   "until": until}
         if file is not None:
             _query_file(col, file, k, modality, filters)
             return
@@ -235,6 +245,31 @@ def info(
             value = stats.get(key)
             table.add_row(key, json.dumps(value) if isinstance(value, (dict, list)) else str(value))
         out.print(table)
+
+
+@app.command()
+def reindex(
+    index_spec: Optional[str] = typer.Option(None, "--index", help="New index choice [default: the collection's, re-applied at its current size]."),
+    target_recall: Optional[float] = typer.Option(None, "--target-recall", help="Recall@10 target for tuning."),
+    memory: Optional[str] = typer.Option(None, "--memory", help="Memory budget, e.g. 4G."),
+    home: Optional[Path] = HomeOpt,
+    collection: str = CollectionOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Rebuild the FAISS index from the stored vectors (after growth, or to change the index type)."""
+    from .engine import Collection
+    from .index import parse_memory
+
+    with _errors():
+        col = Collection.open(_home(home), collection)
+        col.rebuild_index(index_spec, target_recall, parse_memory(memory) if memory else None)
+        spec = col.index.spec
+        col.close()
+        if as_json:
+            out.print_json(json.dumps(spec.to_dict()))
+        else:
+            recall = "exact" if spec.recall is None else f"recall@10 {spec.recall:.3f}"
+            err.print(f"{collection}: {spec.kind} index ({spec.factory}), {recall}, {len(col)} vectors", highlight=False)
 
 
 @app.command()

@@ -57,6 +57,8 @@ class CollectionInfo:
     index: IndexSpec = field(default_factory=IndexSpec)
     counts: dict[str, int] = field(default_factory=dict)
     index_request: str = "auto"
+    target_recall: float = 0.95
+    memory_bytes: int | None = None
     schema_version: int = SCHEMA_VERSION
     created: str = field(default_factory=now_iso)
     updated: str = field(default_factory=now_iso)
@@ -81,6 +83,8 @@ class CollectionInfo:
             index=IndexSpec.from_dict(data.get("index", {})),
             counts=dict(data.get("counts", {})),
             index_request=data.get("index_request", "auto"),
+            target_recall=float(data.get("target_recall", 0.95)),
+            memory_bytes=data.get("memory_bytes"),
             schema_version=version,
             created=data.get("created", now_iso()),
             updated=data.get("updated", now_iso()),

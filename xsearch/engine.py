@@ -14,7 +14,7 @@ from .config import (DEFAULT_COLLECTION, DEFAULT_ENCODER, INFO_FILE, META_FILE, 
                      IndexSpec, default_home)
 from .encoders import Encoder, create, l2_normalize
 from .errors import BadInput, DimensionMismatch, EncoderMismatch, MissingCollection
-from .index import VectorIndex
+from .index import VectorIndex, build_index, outgrown
 from .media import modality_of
 from .store import ItemRecord, ItemRow, Store
 
@@ -52,17 +52,21 @@ class Collection:
     # ---- opening ------------------------------------------------------------------------------
     @classmethod
     def open(cls, home: str | os.PathLike[str] | None = None, name: str = DEFAULT_COLLECTION,
-             encoder: str | Encoder | None = None, create: bool = False, index: str = "auto") -> "Collection":
+             encoder: str | Encoder | None = None, create: bool = False, index: str = "auto",
+             target_recall: float = 0.95, memory_bytes: int | None = None) -> "Collection":
         """Open collection ``name`` under ``home``; with ``create=True`` make it (with ``encoder``) if missing.
 
-        Raises EncoderMismatch if ``encoder`` differs from the one the collection was built with.
+        ``index`` (``auto``, ``flat``, ``ivf``, ``ivfpq``, ``hnsw``, ... or a FAISS factory string), ``target_recall``
+        and ``memory_bytes`` choose the FAISS index of a new collection. Raises EncoderMismatch if ``encoder``
+        differs from the one the collection was built with.
         """
         folder = Path(home or default_home()) / name
         if not (folder / INFO_FILE).exists():
             if not create:
                 raise MissingCollection(f"no collection '{name}' in {folder.parent} (run `xsearch index PATH` first, "
                                         f"or pass --home/--collection)")
-            return cls._create(folder, name, encoder or DEFAULT_ENCODER, index)
+            return cls._create(folder, name, encoder or DEFAULT_ENCODER,
+                               dict(index_request=index, target_recall=target_recall, memory_bytes=memory_bytes))
         info = CollectionInfo.load(folder)
         enc = _check_encoder(info, encoder)
         col = cls(folder, info, Store(folder / META_FILE), VectorIndex(info.dim, info.index), enc)
@@ -70,10 +74,10 @@ class Collection:
         return col
 
     @classmethod
-    def _create(cls, folder: Path, name: str, encoder: str | Encoder, index: str) -> "Collection":
+    def _create(cls, folder: Path, name: str, encoder: str | Encoder, index_options: dict) -> "Collection":
         enc = encoder if isinstance(encoder, Encoder) else create(encoder)
         folder.mkdir(parents=True, exist_ok=True)
-        info = CollectionInfo(name=name, encoder=enc.id, dim=enc.dim, index=IndexSpec(), index_request=index)
+        info = CollectionInfo(name=name, encoder=enc.id, dim=enc.dim, index=IndexSpec(), **index_options)
         store = Store(folder / META_FILE)
         store.set_meta("encoder", enc.id)
         col = cls(folder, info, store, VectorIndex(enc.dim, info.index), enc)
@@ -93,13 +97,33 @@ class Collection:
         if not fresh:
             self.rebuild_index()
 
-    def rebuild_index(self) -> None:
-        """Recreate the FAISS index from the vectors kept in SQLite (the store is the source of truth)."""
-        index = VectorIndex(self.info.dim, self.info.index)
-        for ids, vectors in self.store.iter_vectors(self.info.dim):
-            index.add(ids, vectors)
-        self.index = index
+    def rebuild_index(self, request: str | None = None, target_recall: float | None = None,
+                      memory_bytes: int | None = None) -> None:
+        """Build a new FAISS index from the vectors kept in SQLite (the store is the source of truth).
+
+        ``request`` etc. change the collection's index choice (``xsearch reindex --index ...``); by default the
+        recorded choice is applied again at the current size, so an ``auto`` collection that grew gets a bigger index.
+        """
+        changes = {k: v for k, v in dict(index_request=request, target_recall=target_recall,
+                                         memory_bytes=memory_bytes).items() if v is not None}
+        self.info = self.info.touched(**changes)
+        pairs = list(self.store.iter_vectors(self.info.dim))
+        ids = np.concatenate([p[0] for p in pairs]) if pairs else np.zeros(0, np.int64)
+        vectors = np.concatenate([p[1] for p in pairs]) if pairs else np.zeros((0, self.info.dim), np.float32)
+        self.index = build_index(vectors, ids, self.info.index_request, self.info.target_recall,
+                                 self.info.memory_bytes)
         self.save()
+
+    def index_outgrown(self) -> bool:
+        """True when the index was chosen for a different size than the collection has now (see ``reindex``)."""
+        return outgrown(self.index.spec, self.index.ntotal, self.info.dim, self.info.memory_bytes)
+
+    def _settle_index(self) -> None:
+        """After adding: build the requested index the first time there is data for it (later growth: ``reindex``)."""
+        built_for = self.index.spec.params.get("request")
+        if self.index.ntotal and (built_for != self.info.index_request or
+                                  (self.index.spec.kind == "flat" and self.index_outgrown())):
+            self.rebuild_index()
 
     @property
     def encoder(self) -> Encoder:
@@ -136,6 +160,8 @@ class Collection:
             report = ingest.add_files(self, paths, progress, workers, batch_size) if paths else ingest.IndexReport()
             if captions is not None:
                 ingest.add_captions(self, captions, report)
+            self._settle_index()
+            report.outgrown = self.index_outgrown()
         finally:
             self.save()
         return report
@@ -206,7 +232,7 @@ class Collection:
 
         ``modality``: what to return (``image``, ``text``, ``audio``, ``any`` or a list). Default: a text-only query
         returns images and audio (text→image), other queries return any modality. ``filters``: ``under`` (path
-        prefixes), ``since``/``until`` (datetime of indexing), ``tags``.
+        prefixes), ``since``/``until`` (file modification time, datetime), ``tags``.
         """
         q = vector if vector is not None else self.embed(text, image, audio, weights)
         mods = self._modalities(modality, text_only=vector is None and image is None and audio is None)

@@ -31,10 +31,11 @@ class IndexReport:
     removed: int = 0
     captions: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    outgrown: bool = False  # the FAISS index was chosen for another size: run `xsearch reindex`
 
     def to_dict(self) -> dict:
         return {"added": self.added, "updated": self.updated, "unchanged": self.unchanged, "removed": self.removed,
-                "captions": self.captions, "skipped": [{"path": p, "reason": r} for p, r in self.skipped]}
+                "captions": self.captions, "outgrown": self.outgrown, "skipped": [{"path": p, "reason": r} for p, r in self.skipped]}
 
 
 @dataclass

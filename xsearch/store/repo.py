@@ -203,9 +203,9 @@ class Store:
         if under:
             stmt = stmt.where(or_(*[_under_clause(p) for p in under]))
         if since is not None:
-            stmt = stmt.where(Item.updated >= since)
+            stmt = stmt.where(Item.mtime_ns >= _ns(since))
         if until is not None:
-            stmt = stmt.where(Item.updated <= until)
+            stmt = stmt.where(Item.mtime_ns <= _ns(until))
         if tags:
             stmt = stmt.where(Item.id.in_(select(Tag.item_id).where(Tag.tag.in_(list(tags)))))
         if source is not None:
@@ -254,6 +254,11 @@ def _under_clause(prefix: str):
     prefix = prefix.rstrip(os.sep)
     escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     return or_(Item.path == prefix, Item.path.like(escaped + os.sep + "%", escape="\\"))
+
+
+def _ns(when: datetime) -> int:
+    """A datetime (naive = local time) as nanoseconds since the epoch, to compare with file mtimes."""
+    return int(when.timestamp() * 1e9)
 
 
 def _decode(blobs: list[bytes], dim: int) -> np.ndarray:

