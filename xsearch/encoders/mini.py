@@ -357,14 +357,17 @@ def class_matrix_key(config: BridgeConfig) -> str:
 
 
 def class_matrix(config: BridgeConfig, encode_text: Any) -> np.ndarray:
-    """The (1000, 384) class-embedding matrix ``K``: from the disk cache, else computed and cached."""
-    path = cache_dir() / f"mini-classes-{class_matrix_key(config)}.npy"
-    try:
-        matrix = np.load(path, allow_pickle=False)
-        if matrix.shape == (1000, DIM) and matrix.dtype == np.float32 and np.isfinite(matrix).all():
-            return matrix
-    except (OSError, ValueError):
-        pass
+    """The (1000, 384) class-embedding matrix ``K``: shipped with the package or in the disk cache when its key
+    (model files + class file + prompt settings) matches, else computed and cached."""
+    name = f"mini-classes-{class_matrix_key(config)}.npy"
+    path = cache_dir() / name
+    for candidate in (CLASSES_FILE.parent / name, path):
+        try:
+            matrix = np.load(candidate, allow_pickle=False)
+            if matrix.shape == (1000, DIM) and matrix.dtype == np.float32 and np.isfinite(matrix).all():
+                return matrix
+        except (OSError, ValueError):
+            pass
     matrix = build_class_matrix(config, encode_text)
     try:
         with atomic_path(path) as tmp:
