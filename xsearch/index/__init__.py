@@ -1,4 +1,5 @@
 """Vector index layer: FAISS only (no torch, no SQLAlchemy)."""
 from .faiss_index import VectorIndex, gpu_count
+from .specs import SPEC_CHOICES, build_index, outgrown, parse_memory, rebuild
 
-__all__ = ["VectorIndex", "gpu_count"]
+__all__ = ["VectorIndex", "gpu_count", "build_index", "outgrown", "parse_memory", "rebuild", "SPEC_CHOICES"]
