@@ -187,3 +187,46 @@ def test_index_choice_reindex_and_time_filter(home, photos):
     assert [Path(h["path"]).name for h in hits] == ["motorcycle.jpg"]
     hits = jsonl(run("query", "a photo", "--since", "1990-01-01", "--home", home, "--json").stdout)
     assert "motorcycle.jpg" not in [Path(h["path"]).name for h in hits] and len(hits) == 3
+
+
+def _sounds(folder: Path) -> None:
+    """Three synthesised clips of sound classes the shipped audio tower was trained on, plus a corrupt one."""
+    import soundfile as sf
+
+    sr, t = 22_050, np.arange(int(2.5 * 22_050)) / 22_050
+    sf.write(folder / "tone.wav", (0.4 * np.sin(2 * np.pi * 660 * t)).astype(np.float32), sr)
+    sf.write(folder / "noise.flac", (0.3 * np.random.default_rng(0).standard_normal(t.size)).astype(np.float32), sr)
+    clicks = np.zeros(t.size, np.float32)
+    for start in range(1000, t.size, sr // 4):
+        clicks[start:start + 64] = 0.8
+    sf.write(folder / "clicks.wav", clicks, sr)
+    (folder / "broken.wav").write_bytes(b"RIFF\x10\x00\x00\x00WAVEnot really audio")
+
+
+def test_mixed_collection_answers_text_to_audio_and_audio_to_text(home, photos):
+    _sounds(photos)
+    (photos / "tone-note.txt").write_text("a sine tone")
+    (photos / "noise-note.txt").write_text("white noise")
+    report = json.loads(run("index", photos, "--home", home, "--json", "-q").stdout)
+    assert [(Path(s["path"]).name, "unreadable audio" in s["reason"]) for s in report["skipped"]] == [("broken.wav", True)]
+    info = json.loads(run("info", "--home", home, "--json").stdout)
+    assert info["counts"]["audio"] == 3 and info["counts"]["image"] == 4
+    from xsearch import Collection
+
+    col = Collection.open(home, "default")
+    meta = {Path(r.path).name: (r.duration, r.sample_rate) for r in col.store.rows(modalities=["audio"])}
+    col.close()
+    assert meta["noise.flac"] == (pytest.approx(2.5, abs=1e-3), 22_050)
+
+    for query, name in (("white noise", "noise.flac"), ("a sine tone", "tone.wav"), ("clicks", "clicks.wav")):
+        hits = jsonl(run("query", query, "-m", "audio", "--home", home, "--json").stdout)
+        assert Path(hits[0]["path"]).name == name and hits[0]["modality"] == "audio"
+    hits = jsonl(run("query", "--audio", photos / "noise.flac", "-m", "text", "--home", home, "--json").stdout)
+    assert hits[0]["text"] == "white noise"
+    hits = jsonl(run("query", "--audio", photos / "tone.wav", "-k", "1", "--home", home, "--json").stdout)
+    assert Path(hits[0]["path"]).name == "tone.wav" and hits[0]["score"] == pytest.approx(1.0, abs=1e-4)
+
+    lines = jsonl(run("tag", "-m", "audio", "--labels", "sine tone,white noise,clicks,piano", "-k", "1",
+                      "--home", home, "--json").stdout)
+    assert {Path(l["path"]).name: l["tags"][0]["tag"] for l in lines} == {
+        "tone.wav": "sine tone", "noise.flac": "white noise", "clicks.wav": "clicks"}

