@@ -204,3 +204,15 @@ def test_store_is_plain_sqlite(col, home):
     got = dict(con.execute("select modality, count(*) from items group by modality").fetchall())
     con.close()
     assert got == {"image": 4, "text": 1}
+
+
+def test_read_only_open_searches_a_memory_mapped_index_and_refuses_writes(col, home, photos, mini):
+    expected = names(col.search(text="a cat", k=3))
+    ro = Collection.open(home, "photos", encoder=mini, read_only=True)
+    assert ro.index.read_only and names(ro.search(text="a cat", k=3)) == expected
+    with pytest.raises(BadInput, match="read-only"):
+        ro.add([photos])
+    with pytest.raises(BadInput, match="read-only"):
+        ro.remove([photos / "chelsea.jpg"])
+    ro.close()
+    assert len(Collection.open(home, "photos", encoder=mini)) == 5

@@ -153,7 +153,7 @@ def query(
     with _errors():
         if k < 1:
             raise BadInput(f"-k must be at least 1 (got {k})")
-        col = Collection.open(_home(home), collection, encoder=encoder)
+        col = Collection.open(_home(home), collection, encoder=encoder, read_only=True)
         filters = {"under": [str(p) for p in under] if under else None, "tags": tag or None, "since": since,
                    "until": until}
         if file is not None:
@@ -347,11 +347,9 @@ def _labels(spec: str) -> list[str]:
 
 
 def _register_extras() -> None:
-    """Commands that live beside their feature (training)."""
-    try:
-        from .train.command import register
-    except ImportError:  # pragma: no cover - the trainer ships with the package
-        return
+    """Commands that live beside their feature (training); importing them is cheap (no torch at import time)."""
+    from .train.command import register
+
     register(app)
 
 

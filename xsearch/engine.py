@@ -54,12 +54,14 @@ class Collection:
     @classmethod
     def open(cls, home: str | os.PathLike[str] | None = None, name: str = DEFAULT_COLLECTION,
              encoder: str | Encoder | None = None, create: bool = False, index: str = "auto",
-             target_recall: float = 0.95, memory_bytes: int | None = None) -> "Collection":
+             target_recall: float = 0.95, memory_bytes: int | None = None,
+             read_only: bool = False) -> "Collection":
         """Open collection ``name`` under ``home``; with ``create=True`` make it (with ``encoder``) if missing.
 
         ``index`` (``auto``, ``flat``, ``ivf``, ``ivfpq``, ``hnsw``, ... or a FAISS factory string), ``target_recall``
-        and ``memory_bytes`` choose the FAISS index of a new collection. Raises EncoderMismatch if ``encoder``
-        differs from the one the collection was built with.
+        and ``memory_bytes`` choose the FAISS index of a new collection. ``read_only=True`` memory-maps the FAISS
+        file where FAISS can (fast opens of big indexes for querying; adding/removing then raises). Raises
+        EncoderMismatch if ``encoder`` differs from the one the collection was built with.
         """
         folder = Path(home or default_home()) / name
         if not (folder / INFO_FILE).exists():
@@ -71,7 +73,7 @@ class Collection:
         info = CollectionInfo.load(folder)
         enc = _check_encoder(info, encoder)
         col = cls(folder, info, Store(folder / META_FILE), VectorIndex(info.dim, info.index), enc)
-        col._load_index()
+        col._load_index(mmap=read_only)
         return col
 
     @classmethod
@@ -85,18 +87,20 @@ class Collection:
         col.save()
         return col
 
-    def _load_index(self) -> None:
+    def _load_index(self, mmap: bool = False) -> None:
         """Load vectors.faiss; rebuild it from stored vectors if missing, stale (interrupted run) or inconsistent."""
         path = self.folder / VECTORS_FILE
         fresh = path.exists() and self.store.get_meta("dirty") != "1"
         if fresh:
             try:
-                self.index = VectorIndex.load(path, self.info.dim, self.info.index)
+                self.index = VectorIndex.load(path, self.info.dim, self.info.index, mmap=mmap)
                 fresh = self.index.ntotal == self.store.count()
             except BadInput:
                 fresh = False
         if not fresh:
             self.rebuild_index()
+            if mmap:
+                self.index = VectorIndex.load(path, self.info.dim, self.info.index, mmap=True)
 
     def rebuild_index(self, request: str | None = None, target_recall: float | None = None,
                       memory_bytes: int | None = None) -> None:
@@ -157,6 +161,7 @@ class Collection:
         Unreadable files are skipped and listed in the report; nothing already indexed is lost.
         """
         paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+        self._writable()
         try:
             report = ingest.add_files(self, paths, progress, workers, batch_size) if paths else ingest.IndexReport()
             if captions is not None:
@@ -169,6 +174,7 @@ class Collection:
 
     def remove(self, paths: Sequence[str | os.PathLike[str]]) -> int:
         """Drop files (or everything under folders) from the collection; return how many items went."""
+        self._writable()
         under = [str(Path(p).expanduser().resolve()) for p in paths]
         ids = self.store.ids_where(under=under)
         removed = self._delete_ids(ids.tolist()) if ids.size else []
@@ -193,6 +199,11 @@ class Collection:
         if not getattr(self, "_dirty", False):
             self.store.set_meta("dirty", "1")
             self._dirty = True
+
+    def _writable(self) -> None:
+        if self.index.read_only:
+            raise BadInput(f"collection '{self.name}' was opened read-only (memory-mapped); open it without "
+                           "read_only to change it")
 
     def save(self) -> None:
         """Write vectors.faiss and collection.json atomically and mark the store clean."""
