@@ -357,6 +357,26 @@ def test_real_xsearch_mini_end_to_end(tmp_path, mini):
     assert res.fit.after["mean_recall"] >= res.fit.before["mean_recall"]
 
 
+@pytest.mark.needs_data
+def test_trained_encoder_indexes_and_answers_through_the_cli(tmp_path, photos, home):
+    from xsearch.cli import app as main_app
+
+    manifest = tmp_path / "pairs.csv"
+    rows = (DEV_PHOTOS / "queries.csv").read_text().splitlines()[1:]
+    manifest.write_text("path,caption\n" + "\n".join(f"{DEV_PHOTOS}/{r}" for r in rows) + "\n")
+    cli = CliRunner()
+    trained = cli.invoke(main_app, ["train", str(manifest), "--out", str(tmp_path / "enc"), "--epochs", "3", "--json"])
+    assert trained.exit_code == 0, trained.output
+    name = json.loads(trained.stdout)["encoder"]
+    assert name == f"align:{tmp_path / 'enc'}"
+    indexed = cli.invoke(main_app, ["index", str(photos), "--encoder", name, "--home", str(home), "-q"])
+    assert indexed.exit_code == 0, indexed.output
+    hits = cli.invoke(main_app, ["query", "a cat", "--home", str(home), "--json", "-k", "1"])
+    assert hits.exit_code == 0 and Path(json.loads(hits.stdout)["path"]).name == "chelsea.jpg"
+    info = json.loads(cli.invoke(main_app, ["info", "--home", str(home), "--json"]).stdout)
+    assert info["encoder"] == name
+
+
 def test_cli_defaults_match_the_library_defaults():
     import inspect
 
