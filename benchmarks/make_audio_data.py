@@ -275,15 +275,22 @@ def render_speech(spec: dict, n: int, tmp: str) -> np.ndarray:
     return wave
 
 
+NOISE_SLOPES = {"white noise": 0.0, "pink noise": 0.5, "brown noise": 1.0}  # amplitude ~ 1 / f**slope
+
+
+def coloured_noise(n: int, slope: float, rng: np.random.Generator) -> np.ndarray:
+    """Gaussian noise shaped to an amplitude spectrum of 1/f**slope (white 0, pink 0.5, brown 1), peak 0.5."""
+    spec = np.fft.rfft(rng.standard_normal(n)) / np.maximum(np.fft.rfftfreq(n, 1 / SR), 20.0) ** slope
+    wave = np.fft.irfft(spec, n)
+    return (0.5 * wave / (np.max(np.abs(wave)) + 1e-12)).astype(np.float32)
+
+
 def render_synth(spec: dict, n: int, tmp: str, rng: np.random.Generator) -> np.ndarray:
     d, f, label = n / SR, spec["freq"], spec["label"]
     effect = {
         "sine tone": ["synth", f"{d * rng.uniform(0.4, 1):.2f}", "sine", str(f)],
         "square wave": ["synth", f"{d * rng.uniform(0.4, 1):.2f}", "square", str(f)],
         "sawtooth wave": ["synth", f"{d * rng.uniform(0.4, 1):.2f}", "sawtooth", str(f)],
-        "white noise": ["synth", str(d), "whitenoise"],
-        "pink noise": ["synth", str(d), "pinknoise"],
-        "brown noise": ["synth", str(d), "brownnoise"],
         "rising chirp": ["synth", f"{d * rng.uniform(0.5, 1):.2f}", "sine", f"{f / 3:.0f}-{min(f * 2.5, 7500):.0f}"],
         "falling chirp": ["synth", f"{d * rng.uniform(0.5, 1):.2f}", "sine", f"{min(f * 2.5, 7500):.0f}-{f / 3:.0f}"],
     }.get(label)
@@ -297,8 +304,11 @@ def render_synth(spec: dict, n: int, tmp: str, rng: np.random.Generator) -> np.n
                   f"{period:.3f}", "repeat", str(int(d / period) + 1)]
     if label == "silence":
         return (rng.standard_normal(n) * 10 ** rng.uniform(-5, -3.5)).astype(np.float32)
+    if label in NOISE_SLOPES:  # numpy, not sox: sox's noise generators are seeded afresh on every run
+        return coloured_noise(n, NOISE_SLOPES[label], rng)
     path = os.path.join(tmp, spec["id"] + ".wav")
-    subprocess.run(["sox", "-n", "-r", str(SR), "-b", "16", "-c", "1", path, *effect], check=True, capture_output=True)
+    # -R: repeatable output (sox otherwise adds random dither, so two runs would differ)
+    subprocess.run(["sox", "-R", "-n", "-r", str(SR), "-b", "16", "-c", "1", path, *effect], check=True, capture_output=True)
     wave, _ = sf.read(path, dtype="float32")
     os.unlink(path)
     return wave

@@ -3,7 +3,7 @@
 Data: benchmarks/make_audio_data.py (train/test split column in captions.csv). Prints the held-out table and
 saves fp16 weights + JSON config into the package (xsearch/encoders/weights/audio_tower.*).
 
-Reproduce the shipped weights (2 CPU threads, ~15 min; the data step needs
+Reproduce the shipped weights bit for bit (2 CPU threads: data ~1.5 min, training ~2 min; the data step needs
 apt-get install -y --no-install-recommends espeak-ng flite sox fluidsynth fluid-soundfont-gm):
   .venv/bin/python benchmarks/make_audio_data.py --out benchmarks/_data/audio --seed 0
   .venv/bin/python benchmarks/train_audio.py --data benchmarks/_data/audio --seed 0
@@ -31,7 +31,8 @@ from xsearch.train.loss import ClipLoss  # noqa: E402
 
 def features(rows: list[dict], cfg: AudioConfig, cache: Path) -> torch.Tensor:
     """(n, n_mels, frames) float16 log-mels of the clips (one window each: clips are shorter than window_s)."""
-    key = f"{len(rows)}-{cfg.n_mels}-{cfg.n_fft}-{cfg.hop_length}-{cfg.target_rms}-{rows[-1]['file']}"
+    stamp = max(Path(r["path"]).stat().st_mtime_ns for r in rows)  # changes when the data is generated again
+    key = f"{len(rows)}-{cfg.n_mels}-{cfg.n_fft}-{cfg.hop_length}-{cfg.target_rms}-{rows[-1]['file']}-{stamp}"
     if cache.exists():
         saved = torch.load(cache)
         if saved["key"] == key:

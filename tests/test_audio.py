@@ -92,8 +92,15 @@ def test_split_windows_cover_long_clip_and_pad_short() -> None:
     assert all(len(w) == win for w in wins)
     assert wins[0][0] == 0 and wins[-1][-1] == long[-1]  # first starts at 0, last ends at the end
     assert len(wins) == 5  # starts 0, 2, 4, 6 s and one aligned to the end (7 s)
-    short = split_windows(np.ones(100, np.float32), cfg)
+    clip = tone(440, 0.8)
+    short = split_windows(clip, cfg)
     assert len(short) == 1 and len(short[0]) == int(cfg.min_s * SR)
+    start = (len(short[0]) - len(clip)) // 2  # centred, over a faint floor (as training clips are never silent)
+    floor = np.delete(short[0], np.s_[start : start + len(clip)])
+    assert 0 < np.sqrt(np.mean(floor**2)) < 0.3 / np.sqrt(2) * 10 ** (cfg.pad_floor_db / 20) * 1.2
+    assert np.allclose(short[0][start : start + len(clip)], clip, atol=0.02)
+    assert np.array_equal(short[0], split_windows(clip, cfg)[0])  # deterministic
+    assert not split_windows(np.zeros(100, np.float32), cfg)[0].any()  # silence stays silent
 
 
 def test_long_clip_is_mean_of_window_embeddings(tower: AudioTower) -> None:

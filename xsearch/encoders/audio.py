@@ -44,7 +44,8 @@ class AudioConfig:
     dim: int = 384
     window_s: float = 4.0  # inference windows for long clips
     hop_s: float = 2.0
-    min_s: float = 0.5  # shorter clips are zero-padded to this
+    min_s: float = 3.0  # shorter clips are centred in this much audio, as the (3 s) training clips were
+    pad_floor_db: float = -40.0  # ... over a faint noise floor this far below the clip (training clips are never silent)
     max_windows: int = 256  # longer recordings (> ~8.5 min) are sampled at this many evenly spaced windows
 
     @classmethod
@@ -265,15 +266,26 @@ def split_windows(wave: np.ndarray, cfg: AudioConfig) -> list[np.ndarray]:
     win, hop = int(cfg.window_s * cfg.sample_rate), int(cfg.hop_s * cfg.sample_rate)
     min_len = int(cfg.min_s * cfg.sample_rate)
     if len(wave) <= win:
-        if len(wave) < min_len:
-            wave = np.pad(wave, (0, min_len - len(wave)))
-        return [wave]
+        return [pad_centred(wave, min_len, cfg.pad_floor_db) if len(wave) < min_len else wave]
     starts = list(range(0, len(wave) - win + 1, hop))
     if starts[-1] + win < len(wave):
         starts.append(len(wave) - win)
     if len(starts) > cfg.max_windows:  # very long recordings: evenly spaced windows
         starts = [starts[int(k)] for k in np.linspace(0, len(starts) - 1, cfg.max_windows)]
     return [wave[s : s + win] for s in starts]
+
+
+def pad_centred(wave: np.ndarray, n: int, floor_db: float) -> np.ndarray:
+    """``wave`` centred in ``n`` samples plus white noise ``floor_db`` below its active RMS (deterministic)."""
+    out = np.zeros(n, np.float32)
+    start = (n - len(wave)) // 2
+    out[start : start + len(wave)] = wave
+    peak = float(np.max(np.abs(wave))) if len(wave) else 0.0
+    active = wave[np.abs(wave) > 0.05 * peak] if peak > 0 else wave[:0]
+    if active.size:
+        level = float(np.sqrt(np.mean(active.astype(np.float64) ** 2))) * 10 ** (floor_db / 20)
+        out += level * np.random.default_rng(len(wave)).standard_normal(n).astype(np.float32)
+    return out
 
 
 def audio_metadata(path: str | Path) -> dict[str, float | int]:
