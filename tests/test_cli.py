@@ -230,3 +230,18 @@ def test_mixed_collection_answers_text_to_audio_and_audio_to_text(home, photos):
                       "--home", home, "--json").stdout)
     assert {Path(l["path"]).name: l["tags"][0]["tag"] for l in lines} == {
         "tone.wav": "sine tone", "noise.flac": "white noise", "clicks.wav": "clicks"}
+
+
+def test_unexpected_errors_are_one_line_unless_debugging(home, photos, monkeypatch):
+    from xsearch import engine
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk [full]\nsecond line")
+
+    monkeypatch.setattr(engine.Collection, "add", broken)
+    result = run("index", photos, "--home", home, ok=False)
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert result.stderr.strip().splitlines() == [
+        "internal error: RuntimeError: disk [full] (XSEARCH_DEBUG=1 shows the traceback; please report it)"]
+    monkeypatch.setenv("XSEARCH_DEBUG", "1")
+    assert isinstance(run("index", photos, "--home", home, ok=False).exception, RuntimeError)

@@ -55,3 +55,13 @@ def test_text_and_audio_errors(tmp_path):
         load_text(tmp_path / "b.txt")
     with pytest.raises(BadInput, match="n.wav: unreadable audio"):
         load_audio(tmp_path / "n.wav")
+
+
+def test_discover_yields_each_file_once_through_symlinks_and_overlapping_roots(tmp_path):
+    from xsearch.media import discover
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "note.txt").write_text("hello")
+    (tmp_path / "a" / "alias.txt").symlink_to(tmp_path / "a" / "note.txt")
+    found = [f.path for f in discover([tmp_path, tmp_path / "a", tmp_path / "a" / "note.txt"])]
+    assert found == [str((tmp_path / "a" / "note.txt").resolve())]

@@ -11,6 +11,7 @@ from typing import Iterator, List, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .config import DEFAULT_COLLECTION, default_home
@@ -33,11 +34,18 @@ def _errors() -> Iterator[None]:
     try:
         yield
     except XSearchError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False, markup=True)
+        err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, markup=True)
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
         err.print("interrupted: finished batches are kept; run the same command again to resume")
         raise typer.Exit(130) from None
+    except Exception as exc:  # noqa: BLE001 - a bug: one line for users, the traceback on request
+        if os.environ.get("XSEARCH_DEBUG"):
+            raise
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        err.print(f"[red]internal error:[/red] {type(exc).__name__}: {escape(first)} (XSEARCH_DEBUG=1 shows the traceback; "
+                  "please report it)", highlight=False, markup=True)
+        raise typer.Exit(2) from None
 
 
 def _home(home: Optional[Path]) -> Path:

@@ -13,7 +13,7 @@ from .errors import BadInput
 
 IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
 TEXT_EXTS = frozenset({".txt", ".md"})
-AUDIO_EXTS = frozenset({".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif"})
+AUDIO_EXTS = frozenset({".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", ".aif"})
 MODALITIES = ("image", "text", "audio")
 MAX_TEXT_CHARS = 20_000
 DRAFT_SIZE = 512  # large JPEGs are decoded at reduced scale (Image.draft) to about this size
@@ -71,7 +71,11 @@ def _sniff(path: Path) -> str | None:
 
 
 def discover(roots: Iterable[str | os.PathLike[str]]) -> Iterator[FileInfo]:
-    """Yield supported files under ``roots`` (files or folders, recursively, hidden entries skipped), sorted."""
+    """Yield supported files under ``roots`` (files or folders, recursively, hidden entries skipped), sorted.
+
+    Each file is yielded once under its resolved path, however many roots or symlinks lead to it.
+    """
+    seen: set[str] = set()
     for root in roots:
         root = Path(root).expanduser()
         if not root.exists():
@@ -84,8 +88,12 @@ def discover(roots: Iterable[str | os.PathLike[str]]) -> Iterator[FileInfo]:
             modality = modality_of(p)
             if modality is None:
                 continue
+            resolved = str(p.resolve())
+            if resolved in seen:
+                continue
+            seen.add(resolved)
             st = p.stat()
-            yield FileInfo(str(p.resolve()), modality, st.st_size, st.st_mtime_ns)
+            yield FileInfo(resolved, modality, st.st_size, st.st_mtime_ns)
 
 
 def _hidden(path: Path, root: Path) -> bool:
