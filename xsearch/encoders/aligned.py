@@ -47,9 +47,11 @@ def effnet_pooled(batch) -> np.ndarray:
     """``(n, 1280)`` global-average-pooled EfficientNet-Lite0 features of a preprocessed image batch."""
     import torch
 
+    from .mini import efficientnet_input
+
     model = _effnet()
     with torch.inference_mode():
-        x = model.extract_features(batch.to("cpu", torch.float32))
+        x = model.extract_features(efficientnet_input(batch, "cpu"))
         return x.mean(dim=(2, 3)).cpu().numpy().astype(np.float32)
 
 

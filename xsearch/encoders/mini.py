@@ -230,7 +230,7 @@ class XsearchMini(Encoder):
             return torch.zeros((0, 1000)), torch.zeros((0, 1280))
         model = self._image()
         with torch.inference_mode():
-            pooled = model.extract_features(batch.to(self.device, dtype=torch.float32)).mean(dim=(2, 3))
+            pooled = model.extract_features(efficientnet_input(batch, self.device)).mean(dim=(2, 3))
             return model._fc(pooled).float(), pooled.float()  # eval mode: the classifier's dropout is a no-op
 
     def _bridge(self, logits: "torch.Tensor") -> np.ndarray:
@@ -333,7 +333,15 @@ def load_efficientnet(device: str) -> Any:
         model.load_state_dict(state)
     except Exception as exc:  # noqa: BLE001
         raise ModelLoadError(f"{path}: cannot load EfficientNet-Lite0 weights ({exc})") from None
-    return model.eval().to(device)
+    # channels-last activations: ~1.5x faster convolutions on CPU (oneDNN), same results to float rounding
+    return model.eval().to(device, memory_format=torch.channels_last)
+
+
+def efficientnet_input(batch: "torch.Tensor", device: str) -> "torch.Tensor":
+    """A preprocessed batch as the model wants it: float32, channels-last, on ``device``."""
+    import torch
+
+    return batch.to(device, dtype=torch.float32, memory_format=torch.channels_last)
 
 
 # ---- the class-embedding matrix -----------------------------------------------------------------
