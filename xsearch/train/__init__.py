@@ -7,18 +7,18 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-_EXPORTS = {
-    "ClipLoss": "loss", "symmetric_infonce": "loss",
-    "Item": "data", "PairSet": "data", "read_pairs": "data", "split_pairs": "data", "split_by_item": "data",
-    "ResidualMLP": "..encoders.heads", "LinearHead": "..encoders.heads", "build_head": "..encoders.heads",
-    "register_head": "..encoders.heads", "default_head_spec": "..encoders.heads",
-    "Tower": "loop", "FitConfig": "loop", "FitResult": "loop", "fit": "loop", "TrainConfig": "loop",
-    "TrainResult": "loop", "train": "loop", "evaluate_pairs": "loop",
+_MODULES = {
+    "xsearch.train.loss": ("ClipLoss", "symmetric_infonce"),
+    "xsearch.train.data": ("Item", "PairSet", "read_pairs", "split_pairs", "split_by_item"),
+    "xsearch.encoders.heads": ("ResidualMLP", "LinearHead", "build_head", "register_head", "default_head_spec"),
+    "xsearch.train.loop": ("Tower", "FitConfig", "FitResult", "fit", "TrainConfig", "TrainResult", "train",
+                           "evaluate_pairs"),
 }
+_EXPORTS = {name: module for module, names in _MODULES.items() for name in names}
 __all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name: str) -> Any:
     if name not in _EXPORTS:
         raise AttributeError(f"module 'xsearch.train' has no attribute {name!r}")
-    return getattr(importlib.import_module(_EXPORTS[name] if _EXPORTS[name].startswith(".") else f".{_EXPORTS[name]}", __name__), name)
+    return getattr(importlib.import_module(_EXPORTS[name]), name)
