@@ -27,6 +27,8 @@ def test_several_relevant_items_use_the_best_one():
     rel = relevance_matrix([[1, 2], [2], [0, 1]], 3)
     assert rel.tolist() == [[False, True, True], [False, False, True], [True, True, False]]
     assert ranks(SIM, rel).tolist() == [2, 2, 1]
+    assert ranks(SIM, [0, 1, 2]).tolist() == [1, 3, 2]  # a plain list of ints
+    assert ranks(SIM, [0, [1, 2], 2]).tolist() == [1, 2, 2]  # scalars and lists mixed
 
 
 def test_ties_count_against_the_query():

@@ -29,7 +29,7 @@ def relevance_matrix(relevant: Relevance, n_items: int) -> np.ndarray:
     if isinstance(relevant, np.ndarray) and relevant.ndim == 1 and np.issubdtype(relevant.dtype, np.integer):
         rows: Sequence[Iterable[int]] = [[int(i)] for i in relevant]
     else:
-        rows = [[int(i)] if np.isscalar(r) else list(r) for r in relevant]  # type: ignore[arg-type]
+        rows = [[int(r)] if np.isscalar(r) else list(r) for r in relevant]  # type: ignore[arg-type]
     out = np.zeros((len(rows), n_items), dtype=bool)
     for q, items in enumerate(rows):
         out[q, list(items)] = True
