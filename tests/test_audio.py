@@ -184,25 +184,24 @@ def test_synthesised_sounds_find_their_captions(tower: AudioTower) -> None:
         assert truth[int((emb @ t[j]).argmax())] == j
 
 
-def test_audio_metadata(tmp_path) -> None:
-    from xsearch.encoders.audio import audio_metadata
+def test_audio_info_reads_the_header(tmp_path) -> None:
+    from xsearch.media import audio_info
 
     path = tmp_path / "a.flac"
     sf.write(path, np.stack([tone(440, 1.25, 22_050)] * 2, axis=1), 22_050)
-    meta = audio_metadata(path)
-    assert meta == {"duration_s": pytest.approx(1.25, abs=1e-3), "sample_rate": 22_050, "channels": 2}
+    assert audio_info(path) == (pytest.approx(1.25, abs=1e-3), 22_050)
     bad = tmp_path / "bad.wav"
     bad.write_bytes(b"RIFF0000WAVEjunk")
     with pytest.raises(BadInput, match="bad.wav"):
-        audio_metadata(bad)
+        audio_info(bad)
 
 
-def test_lazy_tower_pickles_small_and_matches(tower: AudioTower) -> None:
+def test_mini_audio_loads_lazily_pickles_small_and_matches(tower: AudioTower) -> None:
     import pickle
 
-    from xsearch.encoders.audio import LazyAudioTower
+    from xsearch.encoders.mini import ShippedAudio
 
-    lazy = LazyAudioTower()
+    lazy = ShippedAudio("cpu")
     clip = (tone(523, 1.0), SR)
     first = lazy.encode([clip])
     blob = pickle.dumps(lazy)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -35,26 +34,6 @@ POOLED_BASES = ("xsearch-mini",)
 
 
 # ---- frozen features ---------------------------------------------------------------------------
-@lru_cache(maxsize=1)
-def _effnet():
-    """EfficientNet-Lite0 loaded the way xsearch-mini loads it (same packaged weights), eval mode, on the CPU."""
-    from .mini import load_efficientnet
-
-    return load_efficientnet("cpu")
-
-
-def effnet_pooled(batch) -> np.ndarray:
-    """``(n, 1280)`` global-average-pooled EfficientNet-Lite0 features of a preprocessed image batch."""
-    import torch
-
-    from .mini import efficientnet_input
-
-    model = _effnet()
-    with torch.inference_mode():
-        x = model.extract_features(efficientnet_input(batch, "cpu"))
-        return x.mean(dim=(2, 3)).cpu().numpy().astype(np.float32)
-
-
 def check_feature_kind(base: Encoder, modality: str, kind: str) -> None:
     """``BadInput`` if ``base`` cannot give ``kind`` features for ``modality``."""
     if kind not in FEATURE_KINDS:
@@ -70,14 +49,15 @@ def feature_dim(base: Encoder, kind: str) -> int:
 
 
 def image_batch_features(base: Encoder, batch, kind: str) -> np.ndarray:
-    """Frozen ``kind`` features of a stacked batch of ``base.preprocess_image`` tensors."""
-    both = getattr(base, "encode_image_features", None)
-    if kind != "embed" and callable(both):  # one backbone pass for embedding and pooled features
-        embed, pooled = both(batch)
-    else:
-        embed = base.encode_image_batch(batch) if kind != "pooled" else None
-        pooled = effnet_pooled(batch) if kind != "embed" else None
-    parts = {"embed": [embed], "pooled": [pooled], "embed+pooled": [embed, pooled]}[kind]
+    """Frozen ``kind`` features of a stacked batch of ``base.preprocess_image`` tensors.
+
+    ``pooled`` kinds exist only for ``POOLED_BASES`` (see :func:`check_feature_kind`), whose
+    ``encode_image_features`` gives the embedding and the pooled features in one backbone pass.
+    """
+    if kind == "embed":
+        return np.asarray(base.encode_image_batch(batch), dtype=np.float32)
+    embed, pooled = base.encode_image_features(batch)
+    parts = [pooled] if kind == "pooled" else [embed, pooled]
     return np.concatenate([np.asarray(p, dtype=np.float32) for p in parts], axis=1)
 
 

@@ -288,42 +288,6 @@ def pad_centred(wave: np.ndarray, n: int, floor_db: float) -> np.ndarray:
     return out
 
 
-def audio_metadata(path: str | Path) -> dict[str, float | int]:
-    """``duration_s``, ``sample_rate`` and ``channels`` from the header; ``BadInput`` naming the file if unreadable."""
-    import soundfile as sf
-
-    try:
-        info = sf.info(str(path))
-    except Exception as exc:  # noqa: BLE001 - libsndfile raises several types
-        raise BadInput(f"{path}: unreadable audio ({str(exc).splitlines()[0]})") from None
-    duration = float(info.frames) / info.samplerate
-    return {"duration_s": duration, "sample_rate": int(info.samplerate), "channels": int(info.channels)}
-
-
-class LazyAudioTower:
-    """Loads an ``AudioTower`` on first use (default: the shipped weights); pickles as its path only."""
-
-    def __init__(self, weights: str | Path = WEIGHTS_FILE, device: str = "cpu"):
-        self.weights, self.device = str(weights), device
-        self._tower: AudioTower | None = None
-
-    @property
-    def tower(self) -> AudioTower:
-        if self._tower is None:
-            self._tower = default_tower() if Path(self.weights) == WEIGHTS_FILE and self.device == "cpu" else (
-                AudioTower.load(self.weights, device=self.device))
-        return self._tower
-
-    def encode(self, clips: Sequence[AudioInput], batch_size: int = 16) -> np.ndarray:
-        return self.tower.encode(clips, batch_size)
-
-    def __getstate__(self) -> dict[str, str]:
-        return {"weights": self.weights, "device": self.device}
-
-    def __setstate__(self, state: dict[str, str]) -> None:
-        self.__init__(state["weights"], state["device"])
-
-
 _DEFAULT: AudioTower | None = None
 
 

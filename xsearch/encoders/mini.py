@@ -106,9 +106,10 @@ class ShippedAudio:
 
     def encode(self, clips: Sequence[AudioInput], batch_size: int = 16) -> np.ndarray:
         if self._tower is None:
-            from .audio import LazyAudioTower
+            from .audio import AudioTower, default_tower
 
-            self._tower = LazyAudioTower(device=pick_device(self.device_pref))
+            device = pick_device(self.device_pref)
+            self._tower = default_tower() if device == "cpu" else AudioTower.load(device=device)
         return self._tower.encode(clips, batch_size)
 
     def __getstate__(self) -> dict[str, Any]:
@@ -230,7 +231,8 @@ class XsearchMini(Encoder):
             return torch.zeros((0, 1000)), torch.zeros((0, 1280))
         model = self._image()
         with torch.inference_mode():
-            pooled = model.extract_features(efficientnet_input(batch, self.device)).mean(dim=(2, 3))
+            x = batch.to(self.device, dtype=torch.float32, memory_format=torch.channels_last)  # as the model is laid out
+            pooled = model.extract_features(x).mean(dim=(2, 3))
             return model._fc(pooled).float(), pooled.float()  # eval mode: the classifier's dropout is a no-op
 
     def _bridge(self, logits: "torch.Tensor") -> np.ndarray:
@@ -335,13 +337,6 @@ def load_efficientnet(device: str) -> Any:
         raise ModelLoadError(f"{path}: cannot load EfficientNet-Lite0 weights ({exc})") from None
     # channels-last activations: ~1.5x faster convolutions on CPU (oneDNN), same results to float rounding
     return model.eval().to(device, memory_format=torch.channels_last)
-
-
-def efficientnet_input(batch: "torch.Tensor", device: str) -> "torch.Tensor":
-    """A preprocessed batch as the model wants it: float32, channels-last, on ``device``."""
-    import torch
-
-    return batch.to(device, dtype=torch.float32, memory_format=torch.channels_last)
 
 
 # ---- the class-embedding matrix -----------------------------------------------------------------
