@@ -16,7 +16,7 @@ import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterator
 
 import numpy as np
 
@@ -73,20 +73,6 @@ class PairSet:
         ub, ib = np.unique(sel[:, 1], return_inverse=True)
         pairs = np.stack([ia.reshape(-1), ib.reshape(-1)], axis=1).astype(np.int64)
         return PairSet([self.a[i] for i in ua], [self.b[i] for i in ub], pairs, self.source, dict(self.meta))
-
-    def relevance_a(self) -> list[list[int]]:
-        """For each ``a`` item, the ``b`` items paired with it (item -> text ground truth)."""
-        out: list[list[int]] = [[] for _ in self.a]
-        for ia, ib in self.pairs:
-            out[ia].append(int(ib))
-        return out
-
-    def relevance_b(self) -> list[list[int]]:
-        """For each ``b`` item, the ``a`` items paired with it (text -> item ground truth)."""
-        out: list[list[int]] = [[] for _ in self.b]
-        for ia, ib in self.pairs:
-            out[ib].append(int(ia))
-        return out
 
 
 class _Builder:
@@ -263,7 +249,3 @@ def unique_batches(pairs: np.ndarray, batch_size: int, rng: np.random.Generator)
         out.append(np.asarray(batch, dtype=np.int64))
         pending = rest
     return out
-
-
-def texts_of(items: Sequence[Item]) -> list[str]:
-    return [it.load_text() for it in items]
