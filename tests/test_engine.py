@@ -216,3 +216,50 @@ def test_read_only_open_searches_a_memory_mapped_index_and_refuses_writes(col, h
         ro.remove([photos / "chelsea.jpg"])
     ro.close()
     assert len(Collection.open(home, "photos", encoder=mini)) == 5
+
+
+def test_plain_text_query_runs_no_sql_that_grows_with_the_collection(col, photos):
+    """Which ids are images is cached per handle: after the first query, a text->image search reads only its k rows."""
+    from sqlalchemy import event
+
+    col.search(text="warm up", k=2)
+    statements = []
+    event.listen(col.store.engine, "before_cursor_execute", lambda *a: statements.append(a[2]))
+    hits = col.search(text="a cat", k=2)
+    assert names(hits)[0] == "chelsea.jpg" and {h.modality for h in hits} == {"image"}
+    assert len(statements) == 1 and "items.id IN" in statements[0] and "modality" not in statements[0].split("WHERE")[1]
+    # the cache follows writes through the same handle
+    (photos / "cat-note.txt").write_text("a cat")
+    col.add([photos])
+    assert "cat-note.txt" not in names(col.search(text="a cat", k=10))
+    assert names(col.search(text="a cat", k=1, modality="text")) == ["cat-note.txt"]
+    col.remove([photos / "chelsea.jpg"])
+    assert "chelsea.jpg" not in names(col.search(text="a cat", k=10))
+    assert {h.modality for h in col.search(text="a cat", k=10)} == {"image"} and len(col.search(text="x", k=10)) == 3
+
+
+def test_filters_object_gives_the_same_hits_as_keywords(col, photos):
+    from xsearch import Filters
+
+    f = Filters(modalities=("image",), under=(str(photos / "sub"),))
+    assert names(col.search(text="a photo", filters=f)) == names(col.search(text="a photo", modality="image",
+                                                                              under=[photos / "sub"]))
+    assert [h.modality for h in col.search_many(["coffee"], filters=Filters(modalities=("text",)))[0]] == ["text"]
+    assert [Path(r.path).name for r in col.items(Filters(modalities=("text",)))] == ["note.txt"]
+    with pytest.raises(BadInput, match="unknown modality 'video'"):
+        Filters(modalities=("video",))
+
+
+def test_items_by_id_files_and_more_like_this(col, photos):
+    from xsearch import MissingItem
+
+    hit = col.search(text="a cat", k=1)[0]
+    assert hit.to_dict(with_id=True)["id"] == hit.id and "id" not in hit.to_dict()
+    assert col.item(hit.id).path == hit.path and col.file_of(hit.id) == Path(hit.path)
+    similar = col.similar(hit.id, k=3)
+    assert hit.id not in [h.id for h in similar] and [h.rank for h in similar] == [1, 2, 3]
+    with pytest.raises(MissingItem, match="no item 9999"):
+        col.item(9999)
+    (photos / "chelsea.jpg").unlink()
+    with pytest.raises(MissingItem, match="is gone"):
+        col.file_of(hit.id)

@@ -19,7 +19,7 @@ from conftest import DEV_PHOTOS
 from xsearch.encoders import registry
 from xsearch.encoders.base import Encoder, l2_normalize
 from xsearch.errors import BadInput, ModelLoadError
-from xsearch.train.command import register
+from xsearch.cli import app as cli_app
 from xsearch.train.data import read_pairs, split_by_item, split_pairs, unique_batches
 from xsearch.encoders.heads import LinearHead, ResidualMLP, build_head, default_head_spec
 from xsearch.train.loop import FitConfig, TrainConfig, Tower, fit, train
@@ -324,10 +324,8 @@ def test_loading_bad_folders_fails_clearly(tmp_path):
         registry.create(f"align:{tmp_path}", cache=False)
 
 
-def test_cli_train_json_and_errors(toy_manifest, tmp_path):
-    app = typer.Typer()
-    register(app)
-    app.command("noop")(lambda: None)  # a second command so typer keeps `train` as a subcommand
+def test_cli_train_json_and_errors(toy_manifest, tmp_path, monkeypatch):
+    app = cli_app
     runner = CliRunner()
     out = tmp_path / "cli-enc"
     res = runner.invoke(app, ["train", str(toy_manifest), "--base", "toy-base", "--out", str(out), "--epochs", "3",
@@ -340,6 +338,22 @@ def test_cli_train_json_and_errors(toy_manifest, tmp_path):
     assert table.exit_code == 0 and "text -> image" in table.stdout and "--encoder align:" in table.stdout
     bad = runner.invoke(app, ["train", str(tmp_path / "nope.csv"), "--base", "toy-base", "--out", str(out)])
     assert bad.exit_code == 1 and "error:" in bad.output and "nope.csv" in bad.output
+    # the same funnel as every command: an unexpected error is exit 2, one line; Ctrl-C is 130
+    import xsearch.engine as engine
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("out of memory\nsecond line")
+
+    monkeypatch.setattr(engine, "train_encoder", boom)
+    crash = runner.invoke(app, ["train", str(toy_manifest), "--base", "toy-base", "--out", str(out)])
+    assert crash.exit_code == 2 and crash.stderr.strip().splitlines() == [
+        "internal error: RuntimeError: out of memory (XSEARCH_DEBUG=1 shows the traceback; please report it)"]
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine, "train_encoder", interrupted)
+    assert runner.invoke(app, ["train", str(toy_manifest), "--base", "toy-base", "--out", str(out)]).exit_code == 130
 
 
 # ---- the real offline encoder -------------------------------------------------------------------
@@ -380,7 +394,7 @@ def test_trained_encoder_indexes_and_answers_through_the_cli(tmp_path, photos, h
 def test_cli_defaults_match_the_library_defaults():
     import inspect
 
-    from xsearch.train.command import train_command
+    from xsearch.cli import train_command
 
     defaults = TrainConfig("m", "o")
     params = inspect.signature(train_command).parameters

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Sequence
 
 from .config import DEFAULT_ENCODER
-from .errors import (BadInput, DimensionMismatch, EncoderMismatch, MissingCollection, MissingDependency,
+from .errors import (BadInput, DimensionMismatch, EncoderMismatch, MissingCollection, MissingDependency, MissingItem,
                      ModelLoadError, SchemaTooNew, UnknownEncoder, XSearchError)
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -18,31 +18,28 @@ if TYPE_CHECKING:  # pragma: no cover
     from .encoders.base import AudioInput, Encoder, ImageInput
 
 __version__ = "0.1.0"
+_ENGINE_NAMES = ("Collection", "Hit", "Filters", "IndexReport", "ReembedReport", "list_collections")
 __all__ = [
-    "Collection", "Hit", "IndexReport", "get_encoder", "encode_text", "encode_images", "encode_audio", "similarity",
+    *_ENGINE_NAMES, "get_encoder", "encode_text", "encode_images", "encode_audio", "similarity",
     "XSearchError", "BadInput", "DimensionMismatch", "EncoderMismatch", "MissingCollection", "MissingDependency",
-    "ModelLoadError", "SchemaTooNew", "UnknownEncoder", "__version__",
+    "MissingItem", "ModelLoadError", "SchemaTooNew", "UnknownEncoder", "__version__",
 ]
 
 
 def __getattr__(name: str):
     """Import the engine lazily so `import xsearch` stays cheap."""
-    if name in ("Collection", "Hit"):
+    if name in _ENGINE_NAMES:
         from . import engine
 
         return getattr(engine, name)
-    if name == "IndexReport":
-        from .ingest import IndexReport
-
-        return IndexReport
     raise AttributeError(f"module 'xsearch' has no attribute {name!r}")
 
 
 def get_encoder(name: str = DEFAULT_ENCODER) -> "Encoder":
     """The encoder registered under ``name`` (e.g. ``xsearch-mini``, ``openclip:ViT-B-32/<ckpt>``, ``st:<folder>``)."""
-    from .encoders import create
+    from .engine import get_encoder as engine_encoder
 
-    return create(name)
+    return engine_encoder(name)
 
 
 def encode_text(texts: Sequence[str], encoder: str = DEFAULT_ENCODER) -> "np.ndarray":

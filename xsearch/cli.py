@@ -1,13 +1,16 @@
-"""The `xsearch` command line (typer). The only place that turns XSearchError into exit codes."""
+"""The `xsearch` command line (typer): calls only ``xsearch.engine`` (and config/errors). Every command goes through
+one error funnel, the only place that turns errors into exit codes: 0 ok, 1 XSearchError (one line), 2 internal error
+(one line; XSEARCH_DEBUG=1 re-raises it with its traceback), 130 interrupted."""
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Iterator, List, Optional
+from typing import Any, Callable, Iterator, List, Optional
 
 import typer
 from rich.console import Console
@@ -48,27 +51,39 @@ def _errors() -> Iterator[None]:
         raise typer.Exit(2) from None
 
 
+def command(name: Optional[str] = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Register a command on ``app`` with its body inside the error funnel (typer reads the wrapped signature)."""
+    def register(fn: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(fn)
+        def funnelled(*args: Any, **kwargs: Any) -> Any:
+            with _errors():
+                return fn(*args, **kwargs)
+
+        app.command(name)(funnelled)
+        return funnelled
+
+    return register
+
+
 def _home(home: Optional[Path]) -> Path:
     return Path(home) if home else default_home()
 
 
-def _progress(enabled: bool, label: str):
-    """A rich progress bar driven by the engine's (advance, total) callbacks; a no-op when disabled."""
+@contextmanager
+def _progress(enabled: bool, label: str) -> Iterator[Optional[Callable[[int, int], None]]]:
+    """A rich progress bar driven by the engine's (advance, total) callbacks; yields None when disabled."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     if not enabled:
-        return None, None
-    bar = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=err,
-                   transient=True)
-    task = bar.add_task(label, total=None)
-
-    def update(advance: int, total: int) -> None:
-        bar.update(task, advance=advance, total=total)
-
-    return bar, update
+        yield None
+        return
+    with Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=err,
+                  transient=True) as bar:
+        task = bar.add_task(label, total=None)
+        yield lambda advance, total: bar.update(task, advance=advance, total=total)
 
 
-@app.command()
+@command()
 def index(
     paths: List[Path] = typer.Argument(None, help="Files or folders to index (recursively)."),
     home: Optional[Path] = HomeOpt,
@@ -84,28 +99,19 @@ def index(
     as_json: bool = JsonOpt,
 ) -> None:
     """Index files/folders: new or changed files are embedded, deleted ones dropped; bad files are reported and skipped."""
-    from .engine import Collection
-    from .index import parse_memory
+    from .engine import Collection, parse_memory
 
-    with _errors():
-        if not paths and captions is None:
-            raise BadInput("nothing to index: give one or more PATHs (and/or --captions CSV)")
-        for p in list(paths or []) + ([captions] if captions else []):
-            if not p.exists():
-                raise BadInput(f"{p}: no such file or folder")
-        col = Collection.open(_home(home), collection, encoder=encoder, create=True, index=index_spec,
-                              target_recall=target_recall, memory_bytes=parse_memory(memory) if memory else None)
-        bar, update = _progress(not (quiet or as_json), "embedding")
-        if bar:
-            bar.start()
-        try:
+    if not paths and captions is None:
+        raise BadInput("nothing to index: give one or more PATHs (and/or --captions CSV)")
+    for p in list(paths or []) + ([captions] if captions else []):
+        if not p.exists():
+            raise BadInput(f"{p}: no such file or folder")
+    with Collection.open(_home(home), collection, encoder=encoder, create=True, index=index_spec,
+                         target_recall=target_recall, memory_bytes=parse_memory(memory)) as col:
+        with _progress(not (quiet or as_json), "embedding") as update:
             report = col.add([str(p) for p in paths or []], captions=captions, progress=update, workers=workers,
                              batch_size=batch_size)
-        finally:
-            if bar:
-                bar.stop()
         _print_report(col, report, quiet, as_json)
-        col.close()
 
 
 def _print_report(col, report, quiet: bool, as_json: bool) -> None:
@@ -119,7 +125,7 @@ def _print_report(col, report, quiet: bool, as_json: bool) -> None:
                   f"{report.removed} removed, {report.captions} captions, {len(report.skipped)} skipped; "
                   f"{len(col)} items in {col.folder}", highlight=False)
     if report.outgrown and not quiet:
-        err.print(f"note: the collection has outgrown its {col.index.spec.kind} index; run `xsearch reindex -c {col.name}`")
+        err.print(f"note: the collection has outgrown its {col.index_spec.kind} index; run `xsearch reindex -c {col.name}`")
 
 
 def _parse_weights(spec: Optional[str]) -> Optional[dict]:
@@ -137,7 +143,7 @@ def _parse_weights(spec: Optional[str]) -> Optional[dict]:
     return weights
 
 
-@app.command()
+@command()
 def query(
     text: Optional[str] = typer.Argument(None, help="Text query (text→image by default)."),
     image: Optional[Path] = typer.Option(None, "--image", help="Image query (image→image and image→text)."),
@@ -156,33 +162,30 @@ def query(
     as_json: bool = JsonOpt,
 ) -> None:
     """Search a collection with text, an image, audio, or a weighted mix of them."""
-    from .engine import Collection
+    from .engine import Collection, Filters
 
-    with _errors():
-        if k < 1:
-            raise BadInput(f"-k must be at least 1 (got {k})")
-        col = Collection.open(_home(home), collection, encoder=encoder, read_only=True)
-        filters = {"under": [str(p) for p in under] if under else None, "tags": tag or None, "since": since,
-                   "until": until}
+    if k < 1:
+        raise BadInput(f"-k must be at least 1 (got {k})")
+    filters = Filters(modalities=(modality,) if modality else None, under=tuple(under or ()), tags=tuple(tag or ()),
+                      since=since, until=until)
+    if file is None and text is None and image is None and audio is None:
+        raise BadInput("give a TEXT query, --image FILE, --audio FILE or --file QUERIES.txt")
+    with Collection.open(_home(home), collection, encoder=encoder, read_only=True) as col:
         if file is not None:
-            _query_file(col, file, k, modality, filters)
+            _query_file(col, file, k, filters)
             return
-        if text is None and image is None and audio is None:
-            raise BadInput("give a TEXT query, --image FILE, --audio FILE or --file QUERIES.txt")
-        hits = col.search(text=text, image=image, audio=audio, k=k, modality=modality,
-                          weights=_parse_weights(weights), **filters)
+        hits = col.search(text=text, image=image, audio=audio, k=k, weights=_parse_weights(weights), filters=filters)
         _print_hits(hits, as_json)
-        col.close()
 
 
-def _query_file(col, file: Path, k: int, modality: Optional[str], filters: dict) -> None:
+def _query_file(col, file: Path, k: int, filters) -> None:
     try:
         queries = [q.strip() for q in file.read_text(encoding="utf-8").splitlines() if q.strip()]
     except (OSError, UnicodeDecodeError) as exc:
         raise BadInput(f"{file}: unreadable queries file ({exc})") from None
     if not queries:
         raise BadInput(f"{file}: no queries (one per line)")
-    for q, hits in zip(queries, col.search_many(queries, k=k, modality=modality, **filters)):
+    for q, hits in zip(queries, col.search_many(queries, k=k, filters=filters)):
         sys.stdout.write(json.dumps({"query": q, "hits": [h.to_dict() for h in hits]}) + "\n")
 
 
@@ -210,7 +213,7 @@ def _short(path: str) -> str:
         return path
 
 
-@app.command()
+@command()
 def matrix(
     rows: str = typer.Option(..., "--rows", help="Folder, text file (one text per line), or collection:NAME."),
     cols: str = typer.Option(..., "--cols", help="Folder, text file (one text per line), or collection:NAME."),
@@ -222,17 +225,16 @@ def matrix(
     quiet: bool = QuietOpt,
 ) -> None:
     """Cosine similarity matrix between two sets, saved as .npy with row/column labels beside it."""
-    from . import matrix as mx
+    from .engine import save_matrix, similarity_matrix
 
-    with _errors():
-        result = mx.similarity_matrix(rows, cols, _home(home), encoder)
-        written = mx.save(result, out_path, csv=csv, plot=plot)
-        if not quiet:
-            err.print(f"{result.values.shape[0]}x{result.values.shape[1]} matrix ({result.encoder}): "
-                      + ", ".join(str(p) for p in written), highlight=False)
+    result = similarity_matrix(rows, cols, _home(home), encoder)
+    written = save_matrix(result, out_path, csv=csv, plot=plot)
+    if not quiet:
+        err.print(f"{result.values.shape[0]}x{result.values.shape[1]} matrix ({result.encoder}): "
+                  + ", ".join(str(p) for p in written), highlight=False)
 
 
-@app.command()
+@command()
 def info(
     home: Optional[Path] = HomeOpt,
     collection: str = CollectionOpt,
@@ -241,52 +243,66 @@ def info(
     """Show a collection's encoder, index and counts."""
     from .engine import Collection
 
-    with _errors():
-        col = Collection.open(_home(home), collection)
+    with Collection.open(_home(home), collection) as col:
         stats = col.stats()
-        col.close()
-        if as_json:
-            out.print_json(json.dumps(stats))
-            return
-        table = Table(show_header=False)
-        for key in ("name", "path", "encoder", "dim", "items", "counts", "index", "created", "updated", "bytes"):
-            value = stats.get(key)
-            table.add_row(key, json.dumps(value) if isinstance(value, (dict, list)) else str(value))
-        out.print(table)
+    if as_json:
+        out.print_json(json.dumps(stats))
+        return
+    table = Table(show_header=False)
+    for key in ("name", "path", "encoder", "encoder_fingerprint", "dim", "items", "counts", "index", "created",
+                "updated", "bytes"):
+        value = stats.get(key)
+        table.add_row(key, json.dumps(value) if isinstance(value, (dict, list)) else str(value))
+    out.print(table)
 
 
-@app.command()
+@command()
 def reindex(
     index_spec: Optional[str] = typer.Option(None, "--index", help="New index choice [default: the collection's, re-applied at its current size]."),
     target_recall: Optional[float] = typer.Option(None, "--target-recall", help="Recall@10 target for tuning."),
     memory: Optional[str] = typer.Option(None, "--memory", help="Memory budget, e.g. 4G."),
+    reembed: bool = typer.Option(False, "--reembed", help="First re-embed every item from its file (captions from their "
+                                 "text) with this xsearch's version of the encoder; keeps metadata and tags."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Image decode worker processes (with --reembed)."),
     home: Optional[Path] = HomeOpt,
     collection: str = CollectionOpt,
+    quiet: bool = QuietOpt,
     as_json: bool = JsonOpt,
 ) -> None:
-    """Rebuild the FAISS index from the stored vectors (after growth, or to change the index type)."""
-    from .engine import Collection
-    from .index import parse_memory
+    """Rebuild the FAISS index from the stored vectors (after growth, or to change the index type); with --reembed,
+    re-embed everything first (a collection built with an older version of its encoder)."""
+    from .engine import Collection, parse_memory
 
-    with _errors():
-        col = Collection.open(_home(home), collection)
-        col.rebuild_index(index_spec, target_recall, parse_memory(memory) if memory else None)
-        spec = col.index.spec
-        col.close()
-        if as_json:
-            out.print_json(json.dumps(spec.to_dict()))
+    with Collection.open(_home(home), collection) as col:
+        result: dict = {}
+        if reembed:
+            with _progress(not (quiet or as_json), "re-embedding") as update:
+                report = col.reembed(progress=update, workers=workers, index=index_spec, target_recall=target_recall,
+                                     memory_bytes=parse_memory(memory))
+            result["reembed"] = report.to_dict()
+            for path, reason in report.dropped:
+                err.print(f"[yellow]dropped:[/yellow] {escape(reason or path)}", highlight=False)
         else:
-            recall = "exact" if spec.recall is None else f"recall@10 {spec.recall:.3f}"
-            err.print(f"{collection}: {spec.kind} index ({spec.factory}), {recall}, {len(col)} vectors", highlight=False)
+            col.rebuild_index(index_spec, target_recall, parse_memory(memory))
+        spec, count = col.index_spec, len(col)
+    if as_json:
+        out.print_json(json.dumps({**spec.to_dict(), **result}))
+        return
+    if reembed and not quiet:
+        r = result["reembed"]
+        err.print(f"{collection}: re-embedded {r['reembedded']} items with {r['encoder']} "
+                  f"{r['new_fingerprint'] or '(unversioned)'} ({r['resumed']} from an interrupted run), "
+                  f"{r['removed']} removed", highlight=False)
+    recall = "exact" if spec.recall is None else f"recall@10 {spec.recall:.3f}"
+    err.print(f"{collection}: {spec.kind} index ({spec.factory}), {recall}, {count} vectors", highlight=False)
 
 
-@app.command()
+@command()
 def encoders(as_json: bool = JsonOpt) -> None:
     """List the encoder backends (prefixed names) you can pass to --encoder."""
-    from .encoders import backends
+    from .engine import list_encoders
 
-    rows = [{"name": b.prefix if b.exact else f"{b.prefix}:...", "example": b.example, "description": b.description}
-            for b in backends()]
+    rows = list_encoders()
     if as_json:
         out.print_json(json.dumps(rows))
         return
@@ -296,7 +312,7 @@ def encoders(as_json: bool = JsonOpt) -> None:
     out.print(table)
 
 
-@app.command()
+@command()
 def rm(
     paths: List[Path] = typer.Argument(..., help="Files or folders to drop from the collection."),
     home: Optional[Path] = HomeOpt,
@@ -306,17 +322,15 @@ def rm(
     """Remove files (or everything under folders) from a collection; the files themselves are untouched."""
     from .engine import Collection
 
-    with _errors():
-        col = Collection.open(_home(home), collection)
+    with Collection.open(_home(home), collection) as col:
         removed = col.remove([str(p) for p in paths])
         if not quiet:
             err.print(f"{removed} items removed; {len(col)} left")
-        col.close()
-        if removed == 0:
-            raise BadInput(f"{', '.join(map(str, paths))}: not in collection '{collection}'")
+    if removed == 0:
+        raise BadInput(f"{', '.join(map(str, paths))}: not in collection '{collection}'")
 
 
-@app.command()
+@command()
 def tag(
     labels: str = typer.Option(..., "--labels", help="Comma-separated labels, or a file with one label per line."),
     k: int = typer.Option(3, "-k", help="Tags per item."),
@@ -330,16 +344,14 @@ def tag(
     """Zero-shot tagging: store the k best labels of every image (or audio/text item) as tags (`query --tag`)."""
     from .engine import Collection
 
-    with _errors():
-        names = _labels(labels)
-        col = Collection.open(_home(home), collection)
+    names = _labels(labels)
+    with Collection.open(_home(home), collection) as col:
         tags = col.tag(names, k=k, template=template, modality=modality)
-        col.close()
-        for path, pairs in tags.items():
-            if as_json:
-                sys.stdout.write(json.dumps({"path": path, "tags": [{"tag": t, "score": round(s, 6)} for t, s in pairs]}) + "\n")
-            else:
-                out.print(f"{_short(path)}: " + ", ".join(f"{t} ({s:.2f})" for t, s in pairs), highlight=False)
+    for path, pairs in tags.items():
+        if as_json:
+            sys.stdout.write(json.dumps({"path": path, "tags": [{"tag": t, "score": round(s, 6)} for t, s in pairs]}) + "\n")
+        else:
+            out.print(f"{_short(path)}: " + ", ".join(f"{t} ({s:.2f})" for t, s in pairs), highlight=False)
 
 
 def _labels(spec: str) -> list[str]:
@@ -354,14 +366,66 @@ def _labels(spec: str) -> list[str]:
     return names
 
 
-def _register_extras() -> None:
-    """Commands that live beside their feature (training); importing them is cheap (no torch at import time)."""
-    from .train.command import register
-
-    register(app)
+METRIC_COLUMNS = ("R@1", "R@5", "R@10", "mean_rank")
 
 
-_register_extras()
+@command("train")
+def train_command(
+    manifest: Path = typer.Argument(..., help="Pairs: CSV/JSONL with path,caption or path_a,path_b; or a folder "
+                                              "with captions.csv / captions.jsonl / image+.txt files."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder to write the trained encoder to (config.json + heads.safetensors)."),
+    base: str = typer.Option("xsearch-mini", "--base", help="Frozen base encoder the heads are trained on."),
+    epochs: int = typer.Option(20, "--epochs", min=1, help="Maximum epochs."),
+    batch_size: int = typer.Option(64, "--batch-size", min=2, help="Pairs per batch (in-batch negatives)."),
+    lr: float = typer.Option(2e-4, "--lr", min=0.0, help="AdamW learning rate."),
+    val_fraction: float = typer.Option(0.2, "--val-fraction", help="Share of items held out for validation / early stopping."),
+    seed: int = typer.Option(0, "--seed", help="Seed for the split, initialisation and batch order."),
+    hard_negatives: float = typer.Option(0.0, "--hard-negatives", min=0.0, help="Extra weight on each row's hardest in-batch negative."),
+    patience: int = typer.Option(4, "--patience", min=0, help="Stop after this many epochs without validation gain (0: never)."),
+    image_features: str = typer.Option("auto", "--image-features", help="Frozen image features: auto, embed, pooled, embed+pooled."),
+    hidden: int = typer.Option(256, "--hidden", min=0, help="Hidden width of the residual adapters."),
+    text_adapter: bool = typer.Option(False, "--text-adapter", help="Also train an adapter on the text side "
+                                      "(default: text keeps the frozen base space, LiT style)."),
+    cache: Optional[Path] = typer.Option(None, "--cache", help="Folder to cache frozen features in (re-runs skip the base encoder)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as one JSON object."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Fine-tune adapters on your own pairs; save an encoder usable as `--encoder align:OUT`."""
+    from .engine import train_encoder
+
+    result = train_encoder(manifest, out, base=base, epochs=epochs, batch_size=batch_size, lr=lr,
+                           val_fraction=val_fraction, seed=seed, hard_negatives=hard_negatives, patience=patience,
+                           image_features=image_features, hidden=hidden,
+                           train_sides="both" if text_adapter else "auto", cache_dir=str(cache) if cache else None,
+                           quiet=quiet or as_json)
+    if as_json:
+        sys.stdout.write(json.dumps(result.to_dict(), default=str) + "\n")
+        return
+    _print_training(result.to_dict())
+
+
+def _print_training(res: dict[str, Any]) -> None:
+    console = Console(markup=False, highlight=False, soft_wrap=True)
+    c = res["counts"]
+    split = "validation" if res["split"] == "validation" else "training (no validation split)"
+    table = Table(title=f"{split} retrieval: {c['val_items'] or c['items']} items, frozen base vs trained")
+    table.add_column("direction")
+    table.add_column("")
+    for col in METRIC_COLUMNS:
+        table.add_column(col, justify="right")
+    for direction in res["directions"]:
+        for label, key in (("before", "before"), ("after", "after")):
+            m = res[key][direction]
+            table.add_row(direction.replace("_to_", " -> ") if label == "before" else "", label,
+                          *(f"{m[k]:.3f}" if k.startswith("R@") else f"{m[k]:.1f}" for k in METRIC_COLUMNS))
+    console.print(table)
+    console.print(f"pairs: {c['train_pairs']} train / {c['val_pairs']} validation; best epoch {res['best_epoch']} of "
+                  f"{res['epochs_run']}; temperature {res['temperature']:.3f}; {res['seconds']:.1f} s", highlight=False)
+    if res["best_epoch"] == 0:
+        console.print("note: no epoch beat the frozen base on validation; the saved heads are the untrained ones",
+                      highlight=False)
+    console.print(f"saved to {res['out']}", highlight=False)
+    console.print(f"use it with: xsearch index PATH --encoder {res['encoder']}", highlight=False)
 
 
 def main() -> None:

@@ -54,6 +54,7 @@ class CollectionInfo:
     name: str
     encoder: str
     dim: int
+    encoder_fingerprint: str = ""  # version of the encoder's weights ("" = unversioned, e.g. xsearch-mini before v2)
     index: IndexSpec = field(default_factory=IndexSpec)
     counts: dict[str, int] = field(default_factory=dict)
     index_request: str = "auto"
@@ -80,6 +81,7 @@ class CollectionInfo:
             name=data["name"],
             encoder=data["encoder"],
             dim=int(data["dim"]),
+            encoder_fingerprint=str(data.get("encoder_fingerprint") or ""),
             index=IndexSpec.from_dict(data.get("index", {})),
             counts=dict(data.get("counts", {})),
             index_request=data.get("index_request", "auto"),

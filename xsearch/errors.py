@@ -28,6 +28,10 @@ class MissingCollection(XSearchError):
     """The collection (or its home folder) does not exist."""
 
 
+class MissingItem(XSearchError):
+    """No item with this id in the collection, or its file is gone."""
+
+
 class SchemaTooNew(XSearchError):
     """The collection was written by a newer xsearch than this one."""
 

@@ -37,7 +37,8 @@ def pick_device(prefer: str | None = None) -> str:
 class Encoder(ABC):
     """Maps inputs of one or more modalities into a shared ``dim``-dimensional space.
 
-    Subclasses set ``id`` (the registry name that recreates them), ``dim`` and ``modalities``
+    Subclasses set ``id`` (the registry name that recreates them), ``dim`` and ``modalities`` (and ``fingerprint``
+    when the same ``id`` can ship different weights: vectors of two fingerprints are not comparable)
     and implement the ``encode_*`` / ``preprocess_*`` methods for the modalities they support.
     Every ``encode_*`` returns an ``(n, dim)`` float32 array with L2-normalised rows.
     """
@@ -45,6 +46,7 @@ class Encoder(ABC):
     id: str
     dim: int
     modalities: frozenset[str] = frozenset()
+    fingerprint: str = ""  # version of the weights behind ``id``; collections built with another one must re-embed
 
     # ---- text -------------------------------------------------------------------------------
     def encode_text(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:

@@ -7,9 +7,9 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .encoders.base import Encoder
-from .errors import BadInput
-from .media import FileInfo, audio_info, load_text, open_image
+from ..encoders.base import Encoder
+from ..errors import BadInput
+from ..media import FileInfo, audio_info, load_text, open_image
 
 
 @dataclass
@@ -98,7 +98,7 @@ def embed_texts(encoder: Encoder, files: Sequence[FileInfo], on_batch: OnBatch, 
 def embed_audio(encoder: Encoder, files: Sequence[FileInfo], on_batch: OnBatch, on_error: OnError,
                 batch_size: int = 16) -> None:
     """Embed audio files one batch at a time; each file's duration and sample rate go in its extras."""
-    from .media import load_audio
+    from ..media import load_audio
 
     for start in range(0, len(files), batch_size):
         chunk, clips, extras = [], [], []

@@ -2,40 +2,33 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 import numpy as np
 
-from . import ingest
-from .config import (DEFAULT_COLLECTION, DEFAULT_ENCODER, INFO_FILE, META_FILE, VECTORS_FILE, CollectionInfo,
-                     IndexSpec, default_home)
-from .encoders import Encoder, create, l2_normalize
-from .errors import BadInput, DimensionMismatch, EncoderMismatch, MissingCollection
-from .index import VectorIndex, build_index, outgrown
-from .media import modality_of
-from .store import ItemRecord, ItemRow, Store
+from ..config import (DEFAULT_COLLECTION, DEFAULT_ENCODER, INFO_FILE, META_FILE, VECTORS_FILE, CollectionInfo,
+                      IndexSpec, default_home)
+from ..encoders import Encoder, create, l2_normalize
+from ..errors import BadInput, DimensionMismatch, EncoderMismatch, MissingCollection, MissingItem
+from . import indexer
+from .indexer import IndexReport, ProgressFn, ReembedReport
+from .query import Filters, Hit, ModalityIds, default_modalities
+from .similarity import Query, cosine_matrix
+from .versioning import FINGERPRINT_KEY, stale_message, stored_fingerprint
 
-Query = str | os.PathLike[str] | np.ndarray
+if TYPE_CHECKING:  # pragma: no cover - faiss and SQLAlchemy load with the first open, not with this module
+    from ..index import IdSet, VectorIndex
+    from ..store import ItemRecord, ItemRow, Store
+
 TAG_TEMPLATES = {"image": "a photo of a {}.", "audio": "the sound of {}.", "text": "{}"}  # zero-shot prompt per modality
 
 
-@dataclass(frozen=True)
-class Hit:
-    """One search result. ``path`` is the file (for a caption, its image); ``text`` the caption or text snippet."""
-
-    rank: int
-    score: float
-    path: str
-    modality: str
-    text: str | None
-    id: int
-
-    def to_dict(self) -> dict:
-        return {"rank": self.rank, "score": round(self.score, 6), "path": self.path, "modality": self.modality,
-                "text": self.text}
+def list_collections(home: str | os.PathLike[str] | None = None) -> list[str]:
+    """Names of the collections under ``home`` (folders holding a collection.json)."""
+    root = Path(home or default_home())
+    return sorted(p.name for p in root.iterdir() if (p / INFO_FILE).is_file()) if root.is_dir() else []
 
 
 class Collection:
@@ -45,10 +38,12 @@ class Collection:
     >>> col.add(["./photos"]); col.search(text="a dog on a beach", k=5)   # doctest: +SKIP
     """
 
-    def __init__(self, folder: Path, info: CollectionInfo, store: Store, index: VectorIndex,
+    def __init__(self, folder: Path, info: CollectionInfo, store: "Store", index: "VectorIndex",
                  encoder: Encoder | None = None):
         self.folder, self.info, self.store, self.index = folder, info, store, index
         self._encoder = encoder
+        self._modality = ModalityIds(store)
+        self._dirty = False
 
     # ---- opening ------------------------------------------------------------------------------
     @classmethod
@@ -61,8 +56,12 @@ class Collection:
         ``index`` (``auto``, ``flat``, ``ivf``, ``ivfpq``, ``hnsw``, ... or a FAISS factory string), ``target_recall``
         and ``memory_bytes`` choose the FAISS index of a new collection. ``read_only=True`` memory-maps the FAISS
         file where FAISS can (fast opens of big indexes for querying; adding/removing then raises). Raises
-        EncoderMismatch if ``encoder`` differs from the one the collection was built with.
+        EncoderMismatch if ``encoder`` differs from the one the collection was built with, or (when the encoder is
+        first needed) if the collection was built with another version of it (see :meth:`reembed`).
         """
+        from ..index import VectorIndex
+        from ..store import Store
+
         folder = Path(home or default_home()) / name
         if not (folder / INFO_FILE).exists():
             if not create:
@@ -72,23 +71,36 @@ class Collection:
                                dict(index_request=index, target_recall=target_recall, memory_bytes=memory_bytes))
         info = CollectionInfo.load(folder)
         enc = _check_encoder(info, encoder)
-        col = cls(folder, info, Store(folder / META_FILE), VectorIndex(info.dim, info.index), enc)
+        store = Store(folder / META_FILE)
+        stored_fp = stored_fingerprint(info, store)
+        if stored_fp != info.encoder_fingerprint:  # killed between the re-embed swap and writing collection.json
+            info = info.touched(encoder_fingerprint=stored_fp)
+        col = cls(folder, info, store, VectorIndex(info.dim, info.index), enc)
+        if enc is not None:
+            col.check_encoder()
         col._load_index(mmap=read_only)
         return col
 
     @classmethod
     def _create(cls, folder: Path, name: str, encoder: str | Encoder, index_options: dict) -> "Collection":
+        from ..index import VectorIndex
+        from ..store import Store
+
         enc = encoder if isinstance(encoder, Encoder) else create(encoder)
         folder.mkdir(parents=True, exist_ok=True)
-        info = CollectionInfo(name=name, encoder=enc.id, dim=enc.dim, index=IndexSpec(), **index_options)
+        info = CollectionInfo(name=name, encoder=enc.id, dim=enc.dim, encoder_fingerprint=enc.fingerprint,
+                              index=IndexSpec(), **index_options)
         store = Store(folder / META_FILE)
         store.set_meta("encoder", enc.id)
+        store.set_meta(FINGERPRINT_KEY, enc.fingerprint)
         col = cls(folder, info, store, VectorIndex(enc.dim, info.index), enc)
         col.save()
         return col
 
     def _load_index(self, mmap: bool = False) -> None:
         """Load vectors.faiss; rebuild it from stored vectors if missing, stale (interrupted run) or inconsistent."""
+        from ..index import VectorIndex
+
         path = self.folder / VECTORS_FILE
         fresh = path.exists() and self.store.get_meta("dirty") != "1"
         if fresh:
@@ -109,6 +121,8 @@ class Collection:
         ``request`` etc. change the collection's index choice (``xsearch reindex --index ...``); by default the
         recorded choice is applied again at the current size, so an ``auto`` collection that grew gets a bigger index.
         """
+        from ..index import build_index
+
         changes = {k: v for k, v in dict(index_request=request, target_recall=target_recall,
                                          memory_bytes=memory_bytes).items() if v is not None}
         self.info = self.info.touched(**changes)
@@ -117,10 +131,13 @@ class Collection:
         vectors = np.concatenate([p[1] for p in pairs]) if pairs else np.zeros((0, self.info.dim), np.float32)
         self.index = build_index(vectors, ids, self.info.index_request, self.info.target_recall,
                                  self.info.memory_bytes)
+        self._modality.reset()
         self.save()
 
     def index_outgrown(self) -> bool:
         """True when the index was chosen for a different size than the collection has now (see ``reindex``)."""
+        from ..index import outgrown
+
         return outgrown(self.index.spec, self.index.ntotal, self.info.dim, self.info.memory_bytes)
 
     def _settle_index(self) -> None:
@@ -130,15 +147,42 @@ class Collection:
                                   (self.index.spec.kind == "flat" and self.index_outgrown())):
             self.rebuild_index()
 
+    # ---- the encoder and its version ----------------------------------------------------------
     @property
     def encoder(self) -> Encoder:
+        """The collection's encoder; EncoderMismatch if this xsearch has another version of it (``reembed``)."""
+        enc = self._current_encoder()
+        self.check_encoder()
+        return enc
+
+    def _current_encoder(self) -> Encoder:
         if self._encoder is None:
             self._encoder = create(self.info.encoder)
         return self._encoder
 
     @property
+    def stale(self) -> str | None:
+        """Why the stored vectors cannot be compared with this xsearch's encoder (another version), else None."""
+        return stale_message(self.name, self._current_encoder(), self.info.encoder_fingerprint)
+
+    def check_encoder(self) -> None:
+        """EncoderMismatch (one line, saying to run ``xsearch reindex --reembed``) if the collection is stale."""
+        message = self.stale
+        if message:
+            raise EncoderMismatch(message)
+
+    @property
     def name(self) -> str:
         return self.info.name
+
+    @property
+    def index_spec(self) -> IndexSpec:
+        """The FAISS index actually built (kind, factory string, parameters, measured recall)."""
+        return self.index.spec
+
+    @property
+    def read_only(self) -> bool:
+        return bool(self.index.read_only)
 
     def __len__(self) -> int:
         return self.index.ntotal
@@ -154,18 +198,20 @@ class Collection:
 
     # ---- writing ------------------------------------------------------------------------------
     def add(self, paths: Sequence[str | os.PathLike[str]] | str | os.PathLike[str],
-            captions: str | os.PathLike[str] | None = None, progress: ingest.ProgressFn | None = None,
-            workers: int | None = None, batch_size: int = 32) -> ingest.IndexReport:
+            captions: str | os.PathLike[str] | None = None, progress: ProgressFn | None = None,
+            workers: int | None = None, batch_size: int = 32) -> IndexReport:
         """Index files/folders incrementally (new or changed files only; deleted files dropped), then captions.
 
         Unreadable files are skipped and listed in the report; nothing already indexed is lost.
         """
         paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
         self._writable()
+        encoder, writer = self.encoder, _Writer(self)
         try:
-            report = ingest.add_files(self, paths, progress, workers, batch_size) if paths else ingest.IndexReport()
+            report = (indexer.add_files(self.store, writer, encoder, paths, progress, workers, batch_size)
+                      if paths else IndexReport())
             if captions is not None:
-                ingest.add_captions(self, captions, report)
+                indexer.add_captions(self.store, writer, encoder, captions, report)
             self._settle_index()
             report.outgrown = self.index_outgrown()
         finally:
@@ -177,26 +223,55 @@ class Collection:
         self._writable()
         under = [str(Path(p).expanduser().resolve()) for p in paths]
         ids = self.store.ids_where(under=under)
-        removed = self._delete_ids(ids.tolist()) if ids.size else []
+        removed = _Writer(self).delete(ids.tolist()) if ids.size else []
         self.save()
         return len(removed)
 
-    def _write(self, records: Sequence[ItemRecord], vectors: np.ndarray) -> list[int]:
-        """Store rows + vectors (one transaction) and put the vectors in the index under the row ids."""
-        vectors = self._checked(vectors)
-        self._mark_dirty()
-        ids = self.store.upsert(records, vectors)
-        self.index.add(np.asarray(ids, np.int64), vectors)
-        return ids
+    def reembed(self, progress: ProgressFn | None = None, workers: int | None = None, batch_size: int = 32,
+                index: str | None = None, target_recall: float | None = None,
+                memory_bytes: int | None = None) -> ReembedReport:
+        """Re-embed every item with this xsearch's version of the collection's encoder (files from disk, captions
+        from their stored text), keeping ids, metadata and tags; then rebuild the index.
 
-    def _delete_ids(self, ids: Sequence[int]) -> list[int]:
-        self._mark_dirty()
-        removed = self.store.delete(ids)
-        self.index.remove(np.asarray(removed, np.int64))
-        return removed
+        New vectors are staged in SQLite (an interrupted run resumes) and swapped in by one transaction, so the
+        index never mixes two versions. Items whose file is gone or unreadable are dropped and reported.
+        ``index`` etc. change the index choice as in :meth:`rebuild_index`.
+        """
+        self._writable()
+        enc = self._current_encoder()
+        report = ReembedReport(enc.id, self.info.encoder_fingerprint, enc.fingerprint)
+        indexer.stage_reembed(self.store.rows(), self.store, enc, report, progress, workers, batch_size)
+        self.info = self.info.touched(dim=enc.dim, encoder_fingerprint=enc.fingerprint)
+        report.dropped, removed = self.store.swap_staged(enc.fingerprint, {FINGERPRINT_KEY: enc.fingerprint,
+                                                                            "dirty": "1"})
+        report.removed = len(removed)
+        self._dirty = True
+        self.info.save(self.folder)  # the new fingerprint; the store already says so and is marked dirty
+        self.rebuild_index(index, target_recall, memory_bytes)  # saves index + collection.json, marks the store clean
+        return report
+
+    def tag(self, labels: Sequence[str], k: int = 3, template: str | None = None,
+            modality: str = "image") -> dict[str, list[tuple[str, float]]]:
+        """Zero-shot tagging: the ``k`` best labels for every ``modality`` item, stored as tags; returns path -> tags.
+
+        ``template`` defaults per modality: "a photo of a {}." (image), "the sound of {}." (audio), "{}" (text).
+        """
+        if not labels:
+            raise BadInput("zero-shot tagging needs at least one label")
+        if modality not in TAG_TEMPLATES:
+            raise BadInput(f"cannot tag modality '{modality}' (use image, audio or text)")
+        template = template or TAG_TEMPLATES[modality]
+        label_vecs = self.encoder.encode_text([template.format(label) for label in labels])
+        rows = self.store.rows(modalities=[modality])
+        vecs = self.vectors([r.id for r in rows])
+        sims = vecs @ label_vecs.T
+        top = np.argsort(-sims, axis=1)[:, :k]
+        tags = {r.id: [(labels[j], float(sims[i, j])) for j in top[i]] for i, r in enumerate(rows)}
+        self.store.set_tags(tags)
+        return {r.path: tags[r.id] for r in rows}
 
     def _mark_dirty(self) -> None:
-        if not getattr(self, "_dirty", False):
+        if not self._dirty:
             self.store.set_meta("dirty", "1")
             self._dirty = True
 
@@ -220,7 +295,7 @@ class Collection:
                                     f"{self.info.dim}-d vectors from '{self.info.encoder}'")
         return vectors
 
-    # ---- reading ------------------------------------------------------------------------------
+    # ---- searching ----------------------------------------------------------------------------
     def embed(self, text: str | None = None, image: Query | None = None, audio: Query | None = None,
               weights: dict[str, float] | None = None) -> np.ndarray:
         """One query vector from any mix of text, image and audio (weighted sum of unit vectors, renormalised)."""
@@ -239,95 +314,92 @@ class Collection:
 
     def search(self, text: str | None = None, image: Query | None = None, audio: Query | None = None,
                vector: np.ndarray | None = None, k: int = 10, modality: str | Sequence[str] | None = None,
-               weights: dict[str, float] | None = None, **filters) -> list[Hit]:
+               weights: dict[str, float] | None = None, filters: Filters | None = None, *,
+               under: Sequence[str | os.PathLike[str]] | None = None, tags: Sequence[str] | None = None,
+               since: datetime | None = None, until: datetime | None = None) -> list[Hit]:
         """Nearest items to a text / image / audio query (or a fused mix, or a raw ``vector``).
 
-        ``modality``: what to return (``image``, ``text``, ``audio``, ``any`` or a list). Default: a text-only query
-        returns images and audio (text→image), other queries return any modality. ``filters``: ``under`` (path
-        prefixes), ``since``/``until`` (file modification time, datetime), ``tags``.
+        ``filters`` (:class:`Filters`), or the same as keywords: ``modality`` (what to return: ``image``, ``text``,
+        ``audio``, ``any`` or a list; default: a text-only query returns images and audio, other queries any
+        modality), ``under`` (path prefixes), ``tags``, ``since``/``until`` (file modification time).
         """
+        f = Filters.make(filters, modality=modality, under=under, tags=tags, since=since, until=until)
         q = vector if vector is not None else self.embed(text, image, audio, weights)
-        mods = self._modalities(modality, text_only=vector is None and image is None and audio is None)
-        return self.search_vectors(np.atleast_2d(q), k, mods, **filters)[0]
+        text_only = vector is None and image is None and audio is None
+        return self.search_vectors(np.atleast_2d(q), k, f, text_only=text_only)[0]
 
     def search_many(self, texts: Sequence[str], k: int = 10, modality: str | Sequence[str] | None = None,
-                    **filters) -> list[list[Hit]]:
-        """Run many text queries in one batch."""
+                    filters: Filters | None = None, *, under: Sequence[str | os.PathLike[str]] | None = None,
+                    tags: Sequence[str] | None = None, since: datetime | None = None,
+                    until: datetime | None = None) -> list[list[Hit]]:
+        """Run many text queries in one batch (same filters as :meth:`search`)."""
+        f = Filters.make(filters, modality=modality, under=under, tags=tags, since=since, until=until)
         if not texts:
             return []
-        q = self.encoder.encode_text(list(texts))
-        return self.search_vectors(q, k, self._modalities(modality, text_only=True), **filters)
+        return self.search_vectors(self.encoder.encode_text(list(texts)), k, f, text_only=True)
 
-    def search_vectors(self, queries: np.ndarray, k: int = 10, modalities: Sequence[str] | None = None,
-                       under: Sequence[str] | None = None, since: datetime | None = None,
-                       until: datetime | None = None, tags: Sequence[str] | None = None) -> list[list[Hit]]:
-        """Search with query vectors; filters are turned into an id allow-list for FAISS."""
+    def similar(self, item_id: int, k: int = 10, filters: Filters | None = None) -> list[Hit]:
+        """"More like this": the nearest items to a stored item's vector, the item itself left out."""
+        vector = self.vectors([self.item(item_id).id])
+        hits = self.search_vectors(vector, k + 1, filters or Filters())[0]
+        others = [h for h in hits if h.id != item_id][:k]
+        return [Hit(i + 1, h.score, h.path, h.modality, h.text, h.id) for i, h in enumerate(others)]
+
+    def search_vectors(self, queries: np.ndarray, k: int = 10, filters: Filters | None = None, *,
+                       text_only: bool = False) -> list[list[Hit]]:
+        """Search with query vectors; filters become an id allow-list inside FAISS (k hits whenever k match)."""
         queries = self._checked(queries)
-        under = [str(Path(p).expanduser().resolve()) for p in under] if under else None
-        allowed = None
-        if modalities or under or since or until or tags:
-            allowed = self.store.ids_where(modalities=modalities, under=under, since=since, until=until, tags=tags)
-            if allowed.size == 0:
-                return [[] for _ in queries]
-            if allowed.size == self.index.ntotal:
-                allowed = None
+        filters = filters or Filters()
+        allowed = self._allowed(filters, default_modalities(filters, text_only, self._modality))
+        if allowed is not None and len(allowed) == 0:
+            return [[] for _ in queries]
         scores, ids = self.index.search(queries, k, allowed=allowed)
         rows = self.store.get(np.unique(ids[ids >= 0]).tolist())
-        return [self._hits(s, i, rows) for s, i in zip(scores, ids)]
+        return [_hits(s, i, rows) for s, i in zip(scores, ids)]
 
-    @staticmethod
-    def _hits(scores: np.ndarray, ids: np.ndarray, rows: dict[int, ItemRow]) -> list[Hit]:
-        hits = []
-        for score, item_id in zip(scores, ids):
-            row = rows.get(int(item_id))
-            if row is not None:
-                hits.append(Hit(len(hits) + 1, float(score), row.path, row.modality, row.text, row.id))
-        return hits
+    def _allowed(self, filters: Filters, modalities: list[str] | None) -> "IdSet | None":
+        """The ids a search may return (None: all). Modality alone uses the per-handle cache: no SQL per query."""
+        from ..index import IdSet
 
-    def _modalities(self, modality: str | Sequence[str] | None, text_only: bool) -> list[str] | None:
-        if modality is None:
-            if not text_only:
-                return None
-            present = [m for m, n in self.store.counts().items() if n and m != "text"]
-            return present or None
-        mods = [modality] if isinstance(modality, str) else list(modality)
-        if "any" in mods:
+        if filters.narrows_rows:
+            ids = self.store.ids_where(**filters.store_args(modalities))
+            return None if ids.size == self.index.ntotal else IdSet(ids)
+        present = self._modality.present()
+        if modalities is None or set(present) <= set(modalities):
             return None
-        bad = [m for m in mods if m not in ("image", "text", "audio")]
-        if bad:
-            raise BadInput(f"unknown modality '{bad[0]}' (use image, text, audio or any)")
-        return mods
+        return self._modality.idset([m for m in modalities if m in present])
 
-    def items(self, **filters) -> list[ItemRow]:
-        """Stored items (see Store.rows for filters)."""
-        return self.store.rows(**filters)
+    # ---- reading items ------------------------------------------------------------------------
+    def item(self, item_id: int) -> "ItemRow":
+        """The stored metadata of one item; MissingItem if there is none."""
+        row = self.store.get([int(item_id)]).get(int(item_id))
+        if row is None:
+            raise MissingItem(f"no item {item_id} in collection '{self.name}'")
+        return row
+
+    def file_of(self, item_id: int) -> Path:
+        """The file of an item (a caption's: its image), only if it is still on disk; MissingItem otherwise."""
+        path = Path(self.item(item_id).path)
+        if not path.is_file():
+            raise MissingItem(f"item {item_id} of collection '{self.name}': {path} is gone")
+        return path
+
+    def items(self, filters: Filters | None = None, *, source: str | None = None) -> list["ItemRow"]:
+        """Stored items matching ``filters`` (``source``: captions from this CSV), ordered by id."""
+        f = filters or Filters()
+        return self.store.rows(source=source, **f.store_args(f.modalities))
+
+    def tags_of(self, item_ids: Sequence[int]) -> dict[int, list[tuple[str, float]]]:
+        """Tags per item id, best score first."""
+        return self.store.tags_of(item_ids)
 
     def vectors(self, ids: Sequence[int]) -> np.ndarray:
+        """Stored vectors of ``ids``, in order."""
         return self.store.vectors(ids, self.info.dim)
 
     def similarity(self, rows: Sequence[Query], cols: Sequence[Query]) -> np.ndarray:
         """Cosine similarity matrix between two sets; each entry is a text, a file path or a vector."""
         return cosine_matrix(self.encoder, rows, cols)
-
-    def tag(self, labels: Sequence[str], k: int = 3, template: str | None = None,
-            modality: str = "image") -> dict[str, list[tuple[str, float]]]:
-        """Zero-shot tagging: the ``k`` best labels for every ``modality`` item, stored as tags; returns path -> tags.
-
-        ``template`` defaults per modality: "a photo of a {}." (image), "the sound of {}." (audio), "{}" (text).
-        """
-        if not labels:
-            raise BadInput("zero-shot tagging needs at least one label")
-        if modality not in TAG_TEMPLATES:
-            raise BadInput(f"cannot tag modality '{modality}' (use image, audio or text)")
-        template = template or TAG_TEMPLATES[modality]
-        label_vecs = self.encoder.encode_text([template.format(label) for label in labels])
-        rows = self.store.rows(modalities=[modality])
-        vecs = self.vectors([r.id for r in rows])
-        sims = vecs @ label_vecs.T
-        top = np.argsort(-sims, axis=1)[:, :k]
-        tags = {r.id: [(labels[j], float(sims[i, j])) for j in top[i]] for i, r in enumerate(rows)}
-        self.store.set_tags(tags)
-        return {r.path: tags[r.id] for r in rows}
 
     def stats(self) -> dict:
         """collection.json contents plus live counts and file sizes."""
@@ -336,6 +408,41 @@ class Collection:
                     bytes={f: (self.folder / f).stat().st_size for f in (VECTORS_FILE, META_FILE)
                            if (self.folder / f).exists()})
         return data
+
+
+class _Writer:
+    """The collection as an ``indexer.ItemWriter``: SQLite, FAISS and the modality cache change together."""
+
+    def __init__(self, col: Collection):
+        self.col = col
+
+    def write(self, records: Sequence["ItemRecord"], vectors: np.ndarray) -> list[int]:
+        """Store rows + vectors (one transaction) and put the vectors in the index under the row ids."""
+        vectors = self.col._checked(vectors)
+        self.col._mark_dirty()
+        ids = self.col.store.upsert(records, vectors)
+        self.col.index.add(np.asarray(ids, np.int64), vectors)
+        self.col._modality.added(ids, [r.modality for r in records])
+        return ids
+
+    def delete(self, ids: Sequence[int]) -> list[int]:
+        self.col._mark_dirty()
+        removed = self.col.store.delete(ids)
+        self.col.index.remove(np.asarray(removed, np.int64))
+        self.col._modality.removed(removed)
+        return removed
+
+    def touch(self, ids_mtimes: Iterable[tuple[int, int]]) -> None:
+        self.col.store.touch(ids_mtimes)
+
+
+def _hits(scores: np.ndarray, ids: np.ndarray, rows: dict[int, "ItemRow"]) -> list[Hit]:
+    hits = []
+    for score, item_id in zip(scores, ids):
+        row = rows.get(int(item_id))
+        if row is not None:
+            hits.append(Hit(len(hits) + 1, float(score), row.path, row.modality, row.text, row.id))
+    return hits
 
 
 def _check_encoder(info: CollectionInfo, encoder: str | Encoder | None) -> Encoder | None:
@@ -355,34 +462,3 @@ def _existing(path: str | os.PathLike[str]) -> str:
     if not Path(path).is_file():
         raise BadInput(f"{path}: no such file")
     return str(path)
-
-
-def embed_many(encoder: Encoder, items: Sequence[Query]) -> np.ndarray:
-    """Embed a mixed list: vectors pass through, existing files by modality, anything else as text."""
-    out = np.zeros((len(items), encoder.dim), np.float32)
-    groups: dict[str, list[int]] = {}
-    for i, item in enumerate(items):
-        if isinstance(item, np.ndarray):
-            out[i] = item
-            continue
-        kind = modality_of(item) if Path(str(item)).is_file() else None
-        groups.setdefault(kind or "literal", []).append(i)
-    for kind, idx in groups.items():
-        values = [items[i] for i in idx]
-        if kind == "image":
-            out[idx] = encoder.encode_images([str(v) for v in values])
-        elif kind == "audio":
-            out[idx] = encoder.encode_audio([str(v) for v in values])
-        elif kind == "text":
-            from .media import load_text
-
-            out[idx] = encoder.encode_text([load_text(v) for v in values])
-        else:
-            out[idx] = encoder.encode_text([str(v) for v in values])
-    return out
-
-
-def cosine_matrix(encoder: Encoder, rows: Sequence[Query], cols: Sequence[Query]) -> np.ndarray:
-    """Cosine similarities between two mixed lists (see :func:`embed_many`)."""
-    return embed_many(encoder, rows) @ embed_many(encoder, cols).T
-

@@ -1,4 +1,9 @@
-"""Incremental indexing of files and caption files into a collection (part of the engine layer)."""
+"""Incremental indexing of files and caption files, and re-embedding, through narrow reader/writer interfaces.
+
+The indexer never sees a Collection: it reads stored rows through :class:`ItemReader` (the store satisfies it) and
+changes the collection only through :class:`ItemWriter` (which the collection implements so that SQLite, FAISS and
+its caches move together).
+"""
 from __future__ import annotations
 
 import csv
@@ -6,19 +11,46 @@ import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import Callable, Iterable, Protocol, Sequence
 
 import numpy as np
 
+from ..encoders.base import Encoder
+from ..errors import BadInput
+from ..media import AUDIO_EXTS, IMAGE_EXTS, TEXT_EXTS, FileInfo, discover, file_hash
+from ..store import ItemRecord, ItemRow
 from .batching import Batch, embed_audio, embed_images, embed_texts
-from .errors import BadInput
-from .media import AUDIO_EXTS, IMAGE_EXTS, TEXT_EXTS, FileInfo, discover, file_hash
-from .store import ItemRecord
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .engine import Collection
 
 ProgressFn = Callable[[int, int], None]  # (advance, total) — total is sent once with advance 0
+
+
+class ItemReader(Protocol):
+    """Read access to stored items (``xsearch.store.Store`` satisfies it)."""
+
+    def by_keys(self, keys: Sequence[str]) -> dict[str, ItemRow]: ...
+
+    def rows(self, *, under: Sequence[str] | None = None, source: str | None = None) -> list[ItemRow]: ...
+
+    def ids_where(self, *, under: Sequence[str] | None = None) -> np.ndarray: ...
+
+
+class ItemWriter(Protocol):
+    """Write access: every change goes to the metadata store and the vector index together."""
+
+    def write(self, records: Sequence[ItemRecord], vectors: np.ndarray) -> list[int]: ...
+
+    def delete(self, ids: Sequence[int]) -> list[int]: ...
+
+    def touch(self, ids_mtimes: Iterable[tuple[int, int]]) -> None: ...
+
+
+class Stager(Protocol):
+    """Where re-embedded vectors wait until they are swapped in all at once (``Store`` satisfies it)."""
+
+    def staged_ids(self, fingerprint: str) -> np.ndarray: ...
+
+    def stage(self, ids: Sequence[int], vectors: np.ndarray | None, fingerprint: str,
+              reasons: Sequence[str] | None = None) -> None: ...
 
 
 @dataclass
@@ -47,13 +79,13 @@ class _Plan:
     gone: list[int] = field(default_factory=list)
 
 
-def plan(col: "Collection", roots: Sequence[str | os.PathLike[str]]) -> _Plan:
+def plan(reader: ItemReader, roots: Sequence[str | os.PathLike[str]]) -> _Plan:
     """Compare the files under ``roots`` with the store: what is new, changed, unchanged or gone."""
     files = list(discover(roots))
-    if not files and not col.store.ids_where(under=[_abs(r) for r in roots]).size:
+    if not files and not reader.ids_where(under=[_abs(r) for r in roots]).size:
         exts = ", ".join(sorted(IMAGE_EXTS | TEXT_EXTS | AUDIO_EXTS))
         raise BadInput(f"{', '.join(map(str, roots))}: no supported files to index (looked for {exts})")
-    stored = col.store.by_keys([f.path for f in files])
+    stored = reader.by_keys([f.path for f in files])
     out = _Plan()
     for f in files:
         row = stored.get(f.path)
@@ -69,7 +101,7 @@ def plan(col: "Collection", roots: Sequence[str | os.PathLike[str]]) -> _Plan:
     seen = {f.path for f in files}
     folder_roots = [_abs(r) for r in roots if Path(r).is_dir()]
     if folder_roots:
-        out.gone = [r.id for r in col.store.rows(under=folder_roots) if r.parent_id is None and r.source is None
+        out.gone = [r.id for r in reader.rows(under=folder_roots) if r.parent_id is None and r.source is None
                     and r.key not in seen]
     return out
 
@@ -85,15 +117,15 @@ def _hash_or_none(path: str) -> str | None:
         return None
 
 
-def add_files(col: "Collection", roots: Sequence[str | os.PathLike[str]], progress: ProgressFn | None = None,
-              workers: int | None = None, batch_size: int = 32) -> IndexReport:
+def add_files(reader: ItemReader, writer: ItemWriter, encoder: Encoder, roots: Sequence[str | os.PathLike[str]],
+              progress: ProgressFn | None = None, workers: int | None = None, batch_size: int = 32) -> IndexReport:
     """Index new/changed files under ``roots`` and drop stored files that no longer exist there."""
-    p = plan(col, roots)
+    p = plan(reader, roots)
     report = IndexReport(unchanged=p.unchanged)
     if p.gone:
-        report.removed = len(col._delete_ids(p.gone))
+        report.removed = len(writer.delete(p.gone))
     if p.touched:
-        col.store.touch(p.touched)
+        writer.touch(p.touched)
     todo = p.new + p.changed
     changed = {f.path for f in p.changed}
     progress = progress or (lambda advance, total: None)
@@ -101,7 +133,7 @@ def add_files(col: "Collection", roots: Sequence[str | os.PathLike[str]], progre
 
     def on_batch(batch: Batch) -> None:
         records = [_record(f, extra) for f, extra in zip(batch.files, batch.extras)]
-        col._write(records, batch.vectors)
+        writer.write(records, batch.vectors)
         report.updated += sum(f.path in changed for f in batch.files)
         report.added += sum(f.path not in changed for f in batch.files)
         progress(len(batch.files), len(todo))
@@ -110,24 +142,26 @@ def add_files(col: "Collection", roots: Sequence[str | os.PathLike[str]], progre
         report.skipped.append((path, reason))
         progress(1, len(todo))
 
-    _embed_by_modality(col, todo, on_batch, on_error, workers, batch_size)
+    embed_files(encoder, todo, on_batch, on_error, workers, batch_size)
     return report
 
 
-def _embed_by_modality(col: "Collection", todo: list[FileInfo], on_batch, on_error, workers, batch_size) -> None:
+def embed_files(encoder: Encoder, todo: Sequence[FileInfo], on_batch: Callable[[Batch], None],
+                on_error: Callable[[str, str], None], workers: int | None = None, batch_size: int = 32) -> None:
+    """Embed files grouped by modality, in batches; bad files and unsupported modalities go to ``on_error``."""
     by_mod: dict[str, list[FileInfo]] = {}
     for f in todo:
         by_mod.setdefault(f.modality, []).append(f)
     for modality, files in by_mod.items():
-        if not col.encoder.supports(modality):
+        if not encoder.supports(modality):
             for f in files:
-                on_error(f.path, f"{f.path}: encoder '{col.encoder.id}' cannot embed {modality}; skipped")
+                on_error(f.path, f"{f.path}: encoder '{encoder.id}' cannot embed {modality}; skipped")
         elif modality == "image":
-            embed_images(col.encoder, files, on_batch, on_error, batch_size=batch_size, workers=workers)
+            embed_images(encoder, files, on_batch, on_error, batch_size=batch_size, workers=workers)
         elif modality == "text":
-            embed_texts(col.encoder, files, on_batch, on_error)
+            embed_texts(encoder, files, on_batch, on_error)
         else:
-            embed_audio(col.encoder, files, on_batch, on_error)
+            embed_audio(encoder, files, on_batch, on_error)
 
 
 def _record(f: FileInfo, extra: dict) -> ItemRecord:
@@ -162,12 +196,12 @@ def read_captions(csv_path: str | os.PathLike[str]) -> list[tuple[int, str, str]
     return out
 
 
-def add_captions(col: "Collection", csv_path: str | os.PathLike[str], report: IndexReport,
-                 batch_size: int = 256) -> None:
+def add_captions(reader: ItemReader, writer: ItemWriter, encoder: Encoder, csv_path: str | os.PathLike[str],
+                 report: IndexReport, batch_size: int = 256) -> None:
     """Index captions as text items linked to their (already indexed) image; drop this file's stale captions."""
     source = str(Path(csv_path).resolve())
     rows = read_captions(csv_path)
-    parents = col.store.by_keys(sorted({p for _, p, _ in rows}))
+    parents = reader.by_keys(sorted({p for _, p, _ in rows}))
     wanted: dict[str, ItemRecord] = {}
     for line, path, caption in rows:
         parent = parents.get(path)
@@ -176,12 +210,68 @@ def add_captions(col: "Collection", csv_path: str | os.PathLike[str], report: In
             continue
         key = f"{path}#caption:{hashlib.sha1(caption.encode()).hexdigest()[:16]}"
         wanted[key] = ItemRecord(key=key, path=path, modality="text", text=caption, source=source, parent_id=parent.id)
-    stale = [r.id for r in col.store.rows(source=source) if r.key not in wanted]
+    stale = [r.id for r in reader.rows(source=source) if r.key not in wanted]
     if stale:
-        col._delete_ids(stale)
-    known = col.store.by_keys(list(wanted))
+        writer.delete(stale)
+    known = reader.by_keys(list(wanted))
     todo = [rec for key, rec in wanted.items() if key not in known or known[key].parent_id != rec.parent_id]
     for start in range(0, len(todo), batch_size):
         chunk = todo[start : start + batch_size]
-        col._write(chunk, col.encoder.encode_text([r.text or "" for r in chunk]))
+        writer.write(chunk, encoder.encode_text([r.text or "" for r in chunk]))
     report.captions += len(todo)
+
+
+# ---- re-embedding (a new encoder version) -------------------------------------------------------
+@dataclass
+class ReembedReport:
+    """What one ``reembed`` did. ``dropped``: items whose file is gone or unreadable (removed, with their captions)."""
+
+    encoder: str
+    old_fingerprint: str
+    new_fingerprint: str
+    reembedded: int = 0
+    resumed: int = 0  # staged by an earlier run that was interrupted
+    dropped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    removed: int = 0  # items removed in all: the dropped ones and their captions
+
+    def to_dict(self) -> dict:
+        return {"encoder": self.encoder, "old_fingerprint": self.old_fingerprint,
+                "new_fingerprint": self.new_fingerprint, "reembedded": self.reembedded, "resumed": self.resumed,
+                "removed": self.removed, "dropped": [{"path": p, "reason": r} for p, r in self.dropped]}
+
+
+def stage_reembed(rows: Sequence[ItemRow], stager: Stager, encoder: Encoder, report: ReembedReport,
+                  progress: ProgressFn | None = None, workers: int | None = None, batch_size: int = 32) -> None:
+    """Re-embed every row not yet staged for ``encoder.fingerprint``: files from disk, captions from their stored
+    text. Each batch is staged (committed) as it is done, so an interrupted run resumes where it stopped."""
+    fp = encoder.fingerprint
+    done = set(stager.staged_ids(fp).tolist())
+    todo = [r for r in rows if r.id not in done]
+    report.resumed = len(rows) - len(todo)
+    progress = progress or (lambda advance, total: None)
+    progress(0, len(todo))
+    captions = [r for r in todo if r.parent_id is not None or r.source is not None]
+    files = [r for r in todo if r.parent_id is None and r.source is None]
+    ids_of = {r.path: r.id for r in files}
+
+    def on_batch(batch: Batch) -> None:
+        stager.stage([ids_of[f.path] for f in batch.files], batch.vectors, fp)
+        report.reembedded += len(batch.files)
+        progress(len(batch.files), len(todo))
+
+    def on_error(path: str, reason: str) -> None:
+        stager.stage([ids_of[path]], None, fp, [reason])
+        progress(1, len(todo))
+
+    present = []
+    for r in files:
+        if Path(r.path).is_file():
+            present.append(FileInfo(r.path, r.modality, r.size or 0, r.mtime_ns or 0))
+        else:
+            on_error(r.path, f"{r.path}: file is gone")
+    embed_files(encoder, present, on_batch, on_error, workers, batch_size)
+    for start in range(0, len(captions), 256):
+        chunk = captions[start : start + 256]
+        stager.stage([r.id for r in chunk], encoder.encode_text([r.text or "" for r in chunk]), fp)
+        report.reembedded += len(chunk)
+        progress(len(chunk), len(todo))

@@ -1,21 +1,51 @@
-"""Similarity matrices between two sets (folders, text files with one text per line, or collections)."""
+"""Similarity: embedding mixed lists, cosine matrices, and saved matrices between two sets (folders, text files with
+one text per line, or collections)."""
 from __future__ import annotations
 
 import csv as csvlib
 import io
+import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
-from .atomic import atomic_path, atomic_write_bytes
-from .config import DEFAULT_ENCODER, INFO_FILE
-from .encoders import Encoder, create
-from .engine import Collection, embed_many
-from .errors import BadInput, EncoderMismatch
-from .media import discover
+from ..atomic import atomic_path, atomic_write_bytes
+from ..config import DEFAULT_ENCODER, INFO_FILE, META_FILE, CollectionInfo
+from ..encoders import Encoder, create
+from ..errors import BadInput, EncoderMismatch
+from ..media import discover, load_text, modality_of
+from .versioning import stale_message, stored_fingerprint
+
+Query = str | os.PathLike[str] | np.ndarray  # a text, a file path, or a vector
+
 
 COLLECTION_PREFIX = "collection:"
+
+
+def embed_many(encoder: Encoder, items: Sequence[Query]) -> np.ndarray:
+    """Embed a mixed list: vectors pass through, existing files by modality, anything else as text."""
+    out = np.zeros((len(items), encoder.dim), np.float32)
+    groups: dict[str, list[int]] = {}
+    for i, item in enumerate(items):
+        if isinstance(item, np.ndarray):
+            out[i] = item
+            continue
+        kind = modality_of(item) if Path(str(item)).is_file() else None
+        groups.setdefault(kind or "literal", []).append(i)
+    embedders = {"image": lambda vs: encoder.encode_images([str(v) for v in vs]),
+                 "audio": lambda vs: encoder.encode_audio([str(v) for v in vs]),
+                 "text": lambda vs: encoder.encode_text([load_text(v) for v in vs]),
+                 "literal": lambda vs: encoder.encode_text([str(v) for v in vs])}
+    for kind, idx in groups.items():
+        out[idx] = embedders[kind]([items[i] for i in idx])
+    return out
+
+
+def cosine_matrix(encoder: Encoder, rows: Sequence[Query], cols: Sequence[Query]) -> np.ndarray:
+    """Cosine similarities between two mixed lists (see :func:`embed_many`)."""
+    return embed_many(encoder, rows) @ embed_many(encoder, cols).T
 
 
 @dataclass
@@ -54,36 +84,61 @@ def _resolve(spec: str, home: Path) -> _Set:
     raise BadInput(f"{spec}: not a folder, a text file or a collection in {home} (use collection:NAME)")
 
 
+def _collection_info(home: Path, name: str) -> tuple[CollectionInfo, str]:
+    """collection.json of ``name`` and the fingerprint its vectors were made with (no FAISS index is opened)."""
+    from ..store import Store
+
+    info = CollectionInfo.load(home / name)
+    store = Store(home / name / META_FILE)
+    try:
+        return info, stored_fingerprint(info, store)
+    finally:
+        store.close()
+
+
 def _encoder_for(sets: list[_Set], home: Path, requested: str | None) -> Encoder:
-    names = {Collection.open(home, s.collection).info.encoder for s in sets if s.collection}
+    infos = {s.collection: _collection_info(home, s.collection) for s in sets if s.collection}
+    names = {info.encoder for info, _ in infos.values()}
     if len(names) > 1:
         raise EncoderMismatch(f"the two collections were built with different encoders: {', '.join(sorted(names))}")
     if names and requested and create(requested).id not in names:
         raise EncoderMismatch(f"collection encoder '{next(iter(names))}' differs from --encoder '{requested}'")
-    return create(requested or (next(iter(names)) if names else DEFAULT_ENCODER))
+    encoder = create(requested or (next(iter(names)) if names else DEFAULT_ENCODER))
+    if any(s.collection is None for s in sets):  # something is embedded now: stored vectors must be of this version
+        for name, (_, fp) in infos.items():
+            message = stale_message(name, encoder, fp)
+            if message:
+                raise EncoderMismatch(message)
+    return encoder
 
 
 def _embed(s: _Set, home: Path, encoder: Encoder) -> tuple[np.ndarray, list[str]]:
     if s.collection:
-        col = Collection.open(home, s.collection)
-        rows = col.items()
-        vectors = col.vectors([r.id for r in rows])
-        col.close()
+        from ..store import Store
+
+        info = CollectionInfo.load(home / s.collection)
+        store = Store(home / s.collection / META_FILE)
+        try:
+            rows = store.rows()
+            vectors = store.vectors([r.id for r in rows], info.dim)
+        finally:
+            store.close()
         if not rows:
             raise BadInput(f"collection '{s.collection}' is empty")
         return vectors, [r.path if r.parent_id is None else f"{r.path}: {r.text}" for r in rows]
     return embed_many(encoder, s.items or []), list(s.items or [])
 
 
-def similarity_matrix(rows: str, cols: str, home: Path, encoder: str | None = None) -> MatrixResult:
+def similarity_matrix(rows: str, cols: str, home: str | os.PathLike[str], encoder: str | None = None) -> MatrixResult:
     """Cosine similarities (rows x cols) of two sets given as folder / text file / collection specs."""
+    home = Path(home)
     sets = [_resolve(rows, home), _resolve(cols, home)]
     enc = _encoder_for(sets, home, encoder)
     (rv, rl), (cv, cl) = (_embed(s, home, enc) for s in sets)
     return MatrixResult(rv @ cv.T, rl, cl, enc.id)
 
 
-def save(result: MatrixResult, out: Path, csv: bool = False, plot: Path | None = None) -> list[Path]:
+def save_matrix(result: MatrixResult, out: Path, csv: bool = False, plot: Path | None = None) -> list[Path]:
     """Write ``out`` (.npy), ``<stem>.rows.txt`` / ``<stem>.cols.txt`` labels, and optionally .csv and a PNG heatmap."""
     out = out if out.suffix == ".npy" else out.with_suffix(out.suffix + ".npy") if out.suffix else out.with_suffix(".npy")
     buf = io.BytesIO()

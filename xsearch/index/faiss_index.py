@@ -16,6 +16,7 @@ Unfiltered IVF searches also re-probe (8x more lists, up to all) any row that ca
 """
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import warnings
@@ -28,6 +29,7 @@ from ..config import IndexSpec
 from ..errors import BadInput, DimensionMismatch, MissingDependency
 from . import gpu as _gpu
 from .exact import exact_search
+from .idset import IdSet
 
 try:
     import faiss
@@ -38,6 +40,7 @@ gpu_count = _gpu.gpu_count
 BRUTE_MAX = 4096  # HNSW: allowed sets up to this size are scored exactly
 BRUTE_FRACTION = 0.1  # ... and so are allowed sets under this share of the index
 COMPACT_FRACTION = 0.5  # HNSW: rebuild once this share of slots are tombstones
+_TOKENS = itertools.count(1)
 
 
 def layout_of(index: "faiss.Index") -> str:
@@ -103,6 +106,9 @@ class VectorIndex:
         self._hnsw = self._find_hnsw()
         self._id_cache: np.ndarray | None = None
         self._sorted_cache: np.ndarray | None = None
+        self._dead: int | None = None  # tombstone count, cached with the slots
+        self.token = next(_TOKENS)  # unique per instance (unlike id()); with ``version`` keys facts cached on IdSets
+        self.version = 0  # bumped on every change
         self._gpu_index = None
         self._gpu_wanted = False
         self.apply_params(self.spec.params)
@@ -151,8 +157,11 @@ class VectorIndex:
             self._id_cache = np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
         return self._id_cache
 
-    def _count_present(self, allowed: np.ndarray) -> int:
-        """How many of the (unique) ``allowed`` ids are stored (IVF layout; sorted ids cached)."""
+    def _count_present(self, allowed: IdSet) -> int:
+        """How many of the ``allowed`` ids are stored (IVF layout; cached on the IdSet until the index changes)."""
+        return int(allowed.fact(("present", self.token, self.version), lambda: self._count_sorted(allowed.ids)))
+
+    def _count_sorted(self, allowed: np.ndarray) -> int:
         if self._sorted_cache is None:
             self._sorted_cache = np.sort(self._ivf_ids())
         ids = self._sorted_cache
@@ -173,11 +182,16 @@ class VectorIndex:
     @property
     def tombstones(self) -> int:
         """Dead slots awaiting ``compact()`` (HNSW layout only)."""
-        return int((self._slots() < 0).sum()) if self.layout == "tomb" and self.index.ntotal else 0
+        if self.layout != "tomb" or not self.index.ntotal:
+            return 0
+        if self._dead is None:
+            self._dead = int((self._slots() < 0).sum())
+        return self._dead
 
     def _changed(self) -> None:
-        self._id_cache = self._sorted_cache = None
+        self._id_cache = self._sorted_cache = self._dead = None
         self._gpu_index = None
+        self.version += 1
 
     # ----- mutation ---------------------------------------------------------------------------------------------
     def _check(self, vectors: np.ndarray) -> np.ndarray:
@@ -270,15 +284,17 @@ class VectorIndex:
         return dropped
 
     # ----- search -----------------------------------------------------------------------------------------------
-    def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Top-``k`` (scores, ids) per query; ids are -1 where fewer than ``k`` exist. ``allowed`` restricts to those ids."""
+    def search(self, queries: np.ndarray, k: int,
+               allowed: "IdSet | np.ndarray | None" = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` (scores, ids) per query; ids are -1 where fewer than ``k`` exist. ``allowed`` restricts to those ids
+        (pass an :class:`IdSet` to reuse its sort and FAISS selector across searches)."""
         queries = self._check(np.atleast_2d(queries))
         live = self.ntotal
         k = max(1, min(int(k), live)) if live else 1
         if live == 0:
             return _empty(len(queries), k)
         if allowed is not None:
-            allowed = np.unique(np.asarray(allowed, dtype=np.int64))
+            allowed = IdSet.of(allowed)
             if len(allowed) == 0:
                 return _empty(len(queries), k)
         if self.layout == "idmap":
@@ -296,7 +312,7 @@ class VectorIndex:
                 scores, slots = gpu.search(queries, k)
                 return scores, np.where(slots >= 0, self._slots()[np.clip(slots, 0, None)], -1)
             return self.index.search(queries, k)
-        return self.index.search(queries, k, params=faiss.SearchParameters(sel=faiss.IDSelectorBatch(allowed)))
+        return self.index.search(queries, k, params=faiss.SearchParameters(sel=allowed.selector()))
 
     def _search_ivf(self, queries, k, allowed):
         nprobe, nlist = max(1, self.nprobe), int(self._ivf.nlist)
@@ -309,7 +325,7 @@ class VectorIndex:
             present = self._count_present(allowed)
             if present == 0:
                 return _empty(len(queries), k)
-            sel = faiss.IDSelectorBatch(allowed)
+            sel = allowed.selector()
             # keep the expected number of allowed candidates scanned as in an unfiltered search
             nprobe = min(nlist, math.ceil(nprobe * self.ntotal / present))
         scores, ids = self.index.search(queries, k, params=faiss.SearchParametersIVF(nprobe=nprobe, sel=sel))
@@ -324,14 +340,12 @@ class VectorIndex:
 
     def _search_tomb(self, queries, k, allowed):
         slots = self._slots()
-        mask = slots >= 0 if allowed is None else np.isin(slots, allowed)
-        live = np.nonzero(mask)[0]
+        mask, live, bitmap = self._tomb_mask(allowed)
         if len(live) == 0:
             return _empty(len(queries), k)
         if allowed is not None and (len(live) <= BRUTE_MAX or len(live) < BRUTE_FRACTION * len(slots)):
             return self._exact(queries, k, live)
         boost = len(slots) / len(live)
-        bitmap = np.packbits(mask, bitorder="little")  # must outlive the search
         sel = faiss.IDSelectorBitmap(len(mask), faiss.swig_ptr(bitmap)) if len(live) < len(slots) else None
         try:
             scores, found = self.index.index.search(queries, k, params=self._inner_params(k, boost, sel))
@@ -342,6 +356,17 @@ class VectorIndex:
         if short.any():
             scores[short], ids[short] = self._exact(queries[short], k, live)
         return scores, ids
+
+    def _tomb_mask(self, allowed: IdSet | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(slot mask, live slots, packed bitmap) of the allowed live slots; cached on the IdSet per index version."""
+        def compute():
+            slots = self._slots()
+            mask = slots >= 0 if allowed is None else np.isin(slots, allowed.ids)
+            return mask, np.nonzero(mask)[0], np.packbits(mask, bitorder="little")
+
+        if allowed is None:
+            return compute()
+        return allowed.fact(("tomb", self.token, self.version), compute)  # type: ignore[return-value]
 
     def _inner_params(self, k: int, boost: float, sel) -> "faiss.SearchParameters":
         """Search parameters for the inner index of the tomb layout, widened by ``boost`` (1/selectivity)."""

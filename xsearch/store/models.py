@@ -63,3 +63,13 @@ class Tag(Base):
     source: Mapped[str] = mapped_column(String(32), default="user")
 
     __table_args__ = (Index("ix_tags_tag", "tag"),)
+
+
+class Staged(Base):
+    """A re-embedded vector waiting to be swapped in (``reindex --reembed``); ``vector`` NULL: it could not be."""
+
+    __tablename__ = "staged"
+    item_id: Mapped[int] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"), primary_key=True)
+    fingerprint: Mapped[str] = mapped_column(Text)
+    vector: Mapped[Optional[bytes]] = mapped_column(LargeBinary)
+    reason: Mapped[Optional[str]] = mapped_column(Text)

@@ -8,13 +8,13 @@ from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
-from sqlalchemy import create_engine, delete, event, func, or_, select
+from sqlalchemy import create_engine, delete, event, func, or_, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DatabaseError
 from sqlalchemy.orm import Session, sessionmaker, undefer
 
 from ..errors import BadInput, SchemaTooNew
-from .models import STORE_SCHEMA_VERSION, Base, Item, Meta, Tag, utcnow
+from .models import STORE_SCHEMA_VERSION, Base, Item, Meta, Staged, Tag, utcnow
 
 CHUNK = 900  # stay under SQLite's bound-parameter limit
 
@@ -139,18 +139,23 @@ class Store:
         if not ids:
             return []
         with self.session() as s, s.begin():
-            doomed = set(ids)
-            frontier = list(ids)
-            while frontier:
-                kids = []
-                for part in _chunks(frontier):
-                    kids += s.scalars(select(Item.id).where(Item.parent_id.in_(part))).all()
-                frontier = [k for k in kids if k not in doomed]
-                doomed.update(frontier)
-            for part in _chunks(sorted(doomed)):
-                s.execute(delete(Tag).where(Tag.item_id.in_(part)))
-                s.execute(delete(Item).where(Item.id.in_(part)))
-            return sorted(doomed)
+            return self._delete(s, ids)
+
+    @staticmethod
+    def _delete(s: Session, ids: Sequence[int]) -> list[int]:
+        doomed = set(ids)
+        frontier = list(ids)
+        while frontier:
+            kids = []
+            for part in _chunks(frontier):
+                kids += s.scalars(select(Item.id).where(Item.parent_id.in_(part))).all()
+            frontier = [k for k in kids if k not in doomed]
+            doomed.update(frontier)
+        for part in _chunks(sorted(doomed)):
+            s.execute(delete(Tag).where(Tag.item_id.in_(part)))
+            s.execute(delete(Staged).where(Staged.item_id.in_(part)))
+            s.execute(delete(Item).where(Item.id.in_(part)))
+        return sorted(doomed)
 
     def set_tags(self, tags: dict[int, list[tuple[str, float]]], source: str = "zero-shot") -> None:
         """Replace the ``source`` tags of the given items."""
@@ -160,6 +165,43 @@ class Store:
             for item_id, pairs in tags.items():
                 for tag, score in pairs:
                     s.add(Tag(item_id=item_id, tag=tag, score=float(score), source=source))
+
+    # ---- re-embedding: vectors staged beside the live ones, swapped in by one transaction ----------
+    def staged_ids(self, fingerprint: str) -> np.ndarray:
+        """Ids already staged for ``fingerprint`` (a resumed run); rows staged for any other fingerprint are dropped."""
+        with self.session() as s, s.begin():
+            s.execute(delete(Staged).where(Staged.fingerprint != fingerprint))
+            return np.fromiter(s.scalars(select(Staged.item_id)), dtype=np.int64)
+
+    def stage(self, ids: Sequence[int], vectors: np.ndarray | None, fingerprint: str,
+              reasons: Sequence[str] | None = None) -> None:
+        """Stage new vectors for ``ids`` (or, with ``vectors=None``, the reason each could not be re-embedded)."""
+        blobs = [None] * len(ids) if vectors is None else [
+            v.tobytes() for v in np.ascontiguousarray(vectors, dtype=np.float32)]
+        why = list(reasons) if reasons is not None else [None] * len(ids)
+        with self.session() as s, s.begin():
+            for item_id, blob, reason in zip(ids, blobs, why):
+                s.merge(Staged(item_id=int(item_id), fingerprint=fingerprint, vector=blob, reason=reason))
+
+    def swap_staged(self, fingerprint: str, meta: dict[str, str]) -> tuple[list[tuple[str, str]], list[int]]:
+        """In one transaction: drop items staged as failed (with their captions), move every staged vector into its
+        item, set ``meta`` and clear the stage. Returns ((path, reason) of the failed items, every id removed).
+        BadInput (and nothing changed) if some item has no staged vector."""
+        with self.session() as s, s.begin():
+            missing = s.scalar(select(func.count()).select_from(Item).where(
+                ~Item.id.in_(select(Staged.item_id).where(Staged.fingerprint == fingerprint))))
+            if missing:
+                raise BadInput(f"{self.path}: {missing} items have no re-embedded vector yet; run the re-embed again")
+            failed = s.execute(select(Item.id, Item.path, Staged.reason).join(Staged, Staged.item_id == Item.id)
+                               .where(Staged.vector.is_(None))).all()
+            removed = self._delete(s, [f[0] for f in failed])
+            new_vector = select(Staged.vector).where(Staged.item_id == Item.id).scalar_subquery()
+            s.execute(update(Item).where(Item.id.in_(select(Staged.item_id))).values(vector=new_vector)
+                      .execution_options(synchronize_session=False))
+            s.execute(delete(Staged))
+            for key, value in meta.items():
+                s.merge(Meta(key=key, value=value))
+            return [(path, reason or "") for _, path, reason in failed], removed
 
     # ---- reads --------------------------------------------------------------------------------
     @staticmethod

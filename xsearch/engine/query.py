@@ -1,0 +1,192 @@
+"""Query side of the engine: typed filters, hits, and the per-handle modality id cache that keeps plain queries O(1)."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from pathlib import Path
+from typing import Iterable, Protocol, Sequence
+
+import numpy as np
+
+from ..errors import BadInput
+
+MODALITIES = ("image", "text", "audio")
+
+
+def _strings(values: str | os.PathLike[str] | Iterable | None) -> tuple[str, ...]:
+    if values is None:
+        return ()
+    if isinstance(values, (str, os.PathLike)):
+        values = [values]
+    return tuple(str(v) for v in values)
+
+
+@dataclass(frozen=True)
+class Filters:
+    """What a search (or an item listing) may return. Every field is optional; empty means "no restriction".
+
+    ``modalities``: ``image``/``text``/``audio`` (``any`` or empty: all; ``None``: the query's default: a text-only
+    query returns images and audio, other queries any modality). ``under``: path prefixes (made absolute).
+    ``tags``: any of these tags. ``since``/``until``: file modification time bounds (naive = local time).
+    """
+
+    modalities: tuple[str, ...] | None = None
+    under: tuple[str, ...] = ()
+    tags: tuple[str, ...] = ()
+    since: datetime | None = None
+    until: datetime | None = None
+
+    def __post_init__(self) -> None:
+        if self.modalities is not None:
+            mods = _strings(self.modalities)
+            bad = [m for m in mods if m not in MODALITIES + ("any",)]
+            if bad:
+                raise BadInput(f"unknown modality '{bad[0]}' (use image, text, audio or any)")
+            object.__setattr__(self, "modalities", () if "any" in mods else tuple(dict.fromkeys(mods)))
+        object.__setattr__(self, "under", tuple(str(Path(p).expanduser().resolve()) for p in _strings(self.under)))
+        object.__setattr__(self, "tags", _strings(self.tags))
+        for name in ("since", "until"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, datetime):
+                raise BadInput(f"filter {name}={value!r}: expected a datetime")
+
+    @classmethod
+    def make(cls, filters: "Filters | None" = None, *, modality: str | Sequence[str] | None = None,
+             under: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None = None,
+             tags: str | Sequence[str] | None = None, since: datetime | None = None,
+             until: datetime | None = None) -> "Filters":
+        """``filters`` (or none) with any keyword given here put on top."""
+        base = filters or cls()
+        given = {k: v for k, v in dict(modalities=modality, under=under, tags=tags, since=since,
+                                       until=until).items() if v is not None}
+        return replace(base, **given) if given else base
+
+    @property
+    def narrows_rows(self) -> bool:
+        """True when anything besides modality restricts the result (these need a metadata lookup)."""
+        return bool(self.under or self.tags or self.since or self.until)
+
+    def store_args(self, modalities: Sequence[str] | None = None) -> dict:
+        """Keyword arguments for ``Store.ids_where`` / ``Store.rows``."""
+        return dict(modalities=list(modalities) if modalities else None, under=list(self.under) or None,
+                    tags=list(self.tags) or None, since=self.since, until=self.until)
+
+    def to_dict(self) -> dict:
+        return {"modalities": list(self.modalities) if self.modalities is not None else None,
+                "under": list(self.under), "tags": list(self.tags),
+                "since": self.since.isoformat() if self.since else None,
+                "until": self.until.isoformat() if self.until else None}
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One search result. ``path`` is the file (for a caption, its image); ``text`` the caption or text snippet;
+    ``id`` the item id (use it with ``Collection.item`` / ``file_of`` / ``similar``)."""
+
+    rank: int
+    score: float
+    path: str
+    modality: str
+    text: str | None
+    id: int
+
+    def to_dict(self, with_id: bool = False) -> dict:
+        """JSON form: ``{rank, score, path, modality, text}`` (the CLI contract), plus ``id`` if asked."""
+        out = {"rank": self.rank, "score": round(self.score, 6), "path": self.path, "modality": self.modality,
+               "text": self.text}
+        if with_id:
+            out["id"] = self.id
+        return out
+
+
+class ModalityReader(Protocol):
+    """The part of the store the modality cache reads."""
+
+    def counts(self) -> dict[str, int]: ...
+
+    def ids_where(self, *, modalities: Sequence[str] | None = None) -> np.ndarray: ...
+
+
+@dataclass
+class ModalityIds:
+    """Which ids hold which modality, for one open collection handle.
+
+    Counts are read once (one GROUP BY); the ids of a modality only when a query first needs them (a text query on a
+    collection that also holds texts). Writes through the same handle keep both up to date, so a plain query runs no
+    SQL that grows with the collection.
+    """
+
+    reader: ModalityReader
+    _counts: dict[str, int] | None = None
+    _ids: dict[str, np.ndarray] = field(default_factory=dict)
+    _sets: dict[tuple[str, ...], object] = field(default_factory=dict)
+
+    def counts(self) -> dict[str, int]:
+        if self._counts is None:
+            self._counts = {m: n for m, n in self.reader.counts().items() if n}
+        return dict(self._counts)
+
+    def present(self) -> list[str]:
+        return [m for m in MODALITIES if self.counts().get(m)]
+
+    def ids(self, modality: str) -> np.ndarray:
+        if modality not in self._ids:
+            self._ids[modality] = np.sort(self.reader.ids_where(modalities=[modality]))
+        return self._ids[modality]
+
+    def idset(self, modalities: Sequence[str]):
+        """An ``IdSet`` of the items of these modalities (cached until the next write)."""
+        from ..index import IdSet
+
+        key = tuple(sorted(set(modalities)))
+        if key not in self._sets:
+            parts = [self.ids(m) for m in key]
+            ids = np.sort(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
+            self._sets[key] = IdSet(ids, sorted_unique=True)
+        return self._sets[key]
+
+    def added(self, ids: Sequence[int], modalities: Sequence[str]) -> None:
+        """Items written (new, or rewritten: an id may change modality)."""
+        self.removed(ids)
+        if self._counts is None:
+            return
+        ids_arr = np.asarray(ids, np.int64)
+        mods = np.asarray(list(modalities))
+        for m in set(modalities):
+            mine = ids_arr[mods == m]
+            self._counts[m] = self._counts.get(m, 0) + len(mine)
+            if m in self._ids:
+                self._ids[m] = np.union1d(self._ids[m], mine)
+        self._sets.clear()
+
+    def removed(self, ids: Sequence[int]) -> None:
+        """Items deleted (ids not stored are ignored)."""
+        if self._counts is None or not len(ids):
+            return
+        gone = np.asarray(ids, np.int64)
+        if not self._complete():  # counts alone cannot tell which modality went
+            self.reset()
+            return
+        for m in list(self._ids):
+            keep = ~np.isin(self._ids[m], gone)
+            self._counts[m] -= int((~keep).sum())
+            self._ids[m] = self._ids[m][keep]
+        self._sets.clear()
+
+    def _complete(self) -> bool:
+        return self._counts is not None and all(m in self._ids for m in self._counts)
+
+    def reset(self) -> None:
+        """Forget everything (after a rebuild or a re-embed); re-read on next use."""
+        self._counts, self._ids, self._sets = None, {}, {}
+
+
+def default_modalities(filters: Filters, text_only: bool, cache: ModalityIds) -> list[str] | None:
+    """The modalities a search may return: the filter's, else images and audio for a text-only query; ``None`` = all."""
+    if filters.modalities is not None:
+        return list(filters.modalities) or None
+    if not text_only:
+        return None
+    present = [m for m in cache.present() if m != "text"]
+    return present or None
