@@ -263,3 +263,21 @@ def test_items_by_id_files_and_more_like_this(col, photos):
     (photos / "chelsea.jpg").unlink()
     with pytest.raises(MissingItem, match="is gone"):
         col.file_of(hit.id)
+
+
+def test_read_only_open_never_writes_even_when_the_index_is_stale(col, home, photos, mini):
+    expected = names(col.search(text="a rocket", k=2))
+    col.store.set_meta("dirty", "1")  # as after a killed `xsearch index`
+    col.close()
+    (home / "photos" / VECTORS_FILE).unlink()
+    info_before = (home / "photos" / INFO_FILE).read_bytes()
+    ro = Collection.open(home, "photos", read_only=True)
+    assert ro.read_only and names(ro.search(text="a rocket", k=2)) == expected
+    for write in (lambda: ro.tag(["cat"]), lambda: ro.remove([photos]), lambda: ro.reembed(),
+                  lambda: ro.rebuild_index()):
+        with pytest.raises(BadInput, match="read-only"):
+            write()
+    ro.close()
+    assert not (home / "photos" / VECTORS_FILE).exists() and (home / "photos" / INFO_FILE).read_bytes() == info_before
+    assert Collection.open(home, "photos").store.get_meta("dirty") == "0"  # a writable open repairs it
+    assert (home / "photos" / VECTORS_FILE).exists()

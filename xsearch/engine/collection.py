@@ -55,7 +55,8 @@ class Collection:
 
         ``index`` (``auto``, ``flat``, ``ivf``, ``ivfpq``, ``hnsw``, ... or a FAISS factory string), ``target_recall``
         and ``memory_bytes`` choose the FAISS index of a new collection. ``read_only=True`` memory-maps the FAISS
-        file where FAISS can (fast opens of big indexes for querying; adding/removing then raises). Raises
+        file where FAISS can (fast opens of big indexes for querying) and never writes: SQLite is opened read-only,
+        a stale index (an interrupted ``add``) is rebuilt in memory only, and add/remove/tag/reembed raise. Raises
         EncoderMismatch if ``encoder`` differs from the one the collection was built with, or (when the encoder is
         first needed) if the collection was built with another version of it (see :meth:`reembed`).
         """
@@ -71,7 +72,7 @@ class Collection:
                                dict(index_request=index, target_recall=target_recall, memory_bytes=memory_bytes))
         info = CollectionInfo.load(folder)
         enc = _check_encoder(info, encoder)
-        store = Store(folder / META_FILE)
+        store = Store(folder / META_FILE, read_only=read_only)
         stored_fp = stored_fingerprint(info, store)
         if stored_fp != info.encoder_fingerprint:  # killed between the re-embed swap and writing collection.json
             info = info.touched(encoder_fingerprint=stored_fp)
@@ -109,10 +110,11 @@ class Collection:
                 fresh = self.index.ntotal == self.store.count()
             except BadInput:
                 fresh = False
-        if not fresh:
+        if not fresh and mmap:  # a read-only handle never writes: serve the stored vectors from memory
+            self.index = self._built_index()
+            self.index.read_only = True
+        elif not fresh:
             self.rebuild_index()
-            if mmap:
-                self.index = VectorIndex.load(path, self.info.dim, self.info.index, mmap=True)
 
     def rebuild_index(self, request: str | None = None, target_recall: float | None = None,
                       memory_bytes: int | None = None) -> None:
@@ -121,18 +123,22 @@ class Collection:
         ``request`` etc. change the collection's index choice (``xsearch reindex --index ...``); by default the
         recorded choice is applied again at the current size, so an ``auto`` collection that grew gets a bigger index.
         """
-        from ..index import build_index
-
+        self._writable()
         changes = {k: v for k, v in dict(index_request=request, target_recall=target_recall,
                                          memory_bytes=memory_bytes).items() if v is not None}
         self.info = self.info.touched(**changes)
+        self.index = self._built_index()
+        self._modality.reset()
+        self.save()
+
+    def _built_index(self) -> "VectorIndex":
+        """A new FAISS index of every stored vector, as the collection's index choice asks."""
+        from ..index import build_index
+
         pairs = list(self.store.iter_vectors(self.info.dim))
         ids = np.concatenate([p[0] for p in pairs]) if pairs else np.zeros(0, np.int64)
         vectors = np.concatenate([p[1] for p in pairs]) if pairs else np.zeros((0, self.info.dim), np.float32)
-        self.index = build_index(vectors, ids, self.info.index_request, self.info.target_recall,
-                                 self.info.memory_bytes)
-        self._modality.reset()
-        self.save()
+        return build_index(vectors, ids, self.info.index_request, self.info.target_recall, self.info.memory_bytes)
 
     def index_outgrown(self) -> bool:
         """True when the index was chosen for a different size than the collection has now (see ``reindex``)."""
@@ -182,7 +188,8 @@ class Collection:
 
     @property
     def read_only(self) -> bool:
-        return bool(self.index.read_only)
+        """Opened with ``read_only=True``: the handle never writes (memory-mapped index, read-only SQLite)."""
+        return bool(self.store.read_only)
 
     def __len__(self) -> int:
         return self.index.ntotal
@@ -256,6 +263,7 @@ class Collection:
 
         ``template`` defaults per modality: "a photo of a {}." (image), "the sound of {}." (audio), "{}" (text).
         """
+        self._writable()
         if not labels:
             raise BadInput("zero-shot tagging needs at least one label")
         if modality not in TAG_TEMPLATES:
@@ -276,7 +284,7 @@ class Collection:
             self._dirty = True
 
     def _writable(self) -> None:
-        if self.index.read_only:
+        if self.index.read_only or self.store.read_only:
             raise BadInput(f"collection '{self.name}' was opened read-only (memory-mapped); open it without "
                            "read_only to change it")
 

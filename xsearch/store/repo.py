@@ -68,24 +68,39 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur.close()
 
 
-class Store:
-    """Metadata + stored vectors of one collection in a SQLite file. Every write is one transaction."""
+def _read_only_pragmas(dbapi_conn, _record) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA query_only=ON")
+    cur.close()
 
-    def __init__(self, path: str | os.PathLike[str]):
+
+class Store:
+    """Metadata + stored vectors of one collection in a SQLite file. Every write is one transaction.
+
+    ``read_only=True`` opens an existing database for reading only (no table creation, writes refused by SQLite).
+    """
+
+    def __init__(self, path: str | os.PathLike[str], read_only: bool = False):
         self.path = Path(path)
-        self.engine: Engine = create_engine(f"sqlite:///{self.path}")
-        event.listen(self.engine, "connect", _sqlite_pragmas)
+        self.read_only = read_only
+        url = f"sqlite:///file:{self.path}?mode=ro&uri=true" if read_only else f"sqlite:///{self.path}"
+        self.engine: Engine = create_engine(url)
+        event.listen(self.engine, "connect", _read_only_pragmas if read_only else _sqlite_pragmas)
         self._session = sessionmaker(self.engine, expire_on_commit=False)
         try:
-            Base.metadata.create_all(self.engine)
+            if not read_only:
+                Base.metadata.create_all(self.engine)
             self._check_schema()
         except DatabaseError as exc:
             raise BadInput(f"{self.path}: not a readable SQLite database ({exc.orig})") from None
 
     def _check_schema(self) -> None:
         version = self.get_meta("schema_version")
-        if version is None:
+        if version is None and not self.read_only:
             self.set_meta("schema_version", str(STORE_SCHEMA_VERSION))
+        elif version is None:
+            return
         elif int(version) > STORE_SCHEMA_VERSION:
             raise SchemaTooNew(f"{self.path}: metadata schema {version} is newer than this xsearch ({STORE_SCHEMA_VERSION})")
 
