@@ -14,7 +14,7 @@ BOTTOM = {"xsearch.config", "xsearch.errors", "xsearch.atomic"}
 LAYERS = {"xsearch.encoders", "xsearch.index", "xsearch.store", "xsearch.media"}
 # module prefix -> xsearch modules it may import (by prefix); third-party names it must not import
 ALLOWED = {
-    "xsearch.cli": {"xsearch.engine"} | BOTTOM,
+    "xsearch.cli": {"xsearch.engine", "xsearch.server"} | BOTTOM,  # `xsearch serve` starts the HTTP face
     "xsearch.server": {"xsearch.engine", "xsearch.server"} | BOTTOM,
     "xsearch.engine.catalog": {"xsearch.engine", "xsearch.train"} | LAYERS | BOTTOM,  # the train entry point
     "xsearch.engine": {"xsearch.engine"} | LAYERS | BOTTOM,

@@ -369,6 +369,20 @@ def _labels(spec: str) -> list[str]:
 METRIC_COLUMNS = ("R@1", "R@5", "R@10", "mean_rank")
 
 
+@command()
+def serve(
+    home: Optional[Path] = HomeOpt,
+    collection: Optional[List[str]] = typer.Option(None, "--collection", "-c", help="Collection to serve (repeatable) [default: every collection in the home folder]."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind; anything but loopback needs --token."),
+    port: int = typer.Option(8000, "--port", help="TCP port."),
+    token: Optional[str] = typer.Option(None, "--token", envvar="XSEARCH_TOKEN", help="Require 'Authorization: Bearer TOKEN' on /api."),
+) -> None:
+    """Serve the web page and the HTTP API (read-only) over the collections of a home folder."""
+    from .server import serve as run
+
+    run(_home(home), collection or None, host=host, port=port, token=token, say=lambda line: err.print(line, highlight=False))
+
+
 @command("train")
 def train_command(
     manifest: Path = typer.Argument(..., help="Pairs: CSV/JSONL with path,caption or path_a,path_b; or a folder "
