@@ -28,6 +28,7 @@ from .uploads import MAX_UPLOAD_BYTES, PayloadTooLarge, staged
 STATIC = Path(__file__).parent / "static"
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
 MAX_K = 500
+TIME_RANGE = (datetime(1678, 1, 1, 0, 0), datetime(2262, 1, 1, 0, 0))
 MAX_SET = 64  # entries per side of a similarity matrix, labels / items of a zero-shot request
 CSP = ("default-src 'self'; img-src 'self' blob: data:; media-src 'self' blob:; style-src 'self'; "
        "script-src 'self'; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'")
@@ -132,9 +133,10 @@ def _when(value: Optional[str], name: str) -> Optional[datetime]:
     if not value:
         return None
     try:
-        return datetime.fromisoformat(value)
+        when = datetime.fromisoformat(value)
     except ValueError:
         raise BadInput(f"{name}={value!r}: expected an ISO date such as 2024-05-31") from None
+    return min(max(when, TIME_RANGE[0]), TIME_RANGE[1])  # file times are int64 nanoseconds in the store
 
 
 def search_args(
@@ -248,7 +250,7 @@ def _api(library: Library, thumbs: ThumbCache, settings: Settings) -> APIRouter:
             raise MissingItem(f"item {item_id} is {row.modality}: it has no thumbnail")
         path = _served_file(handle, item_id)
         version = (row.sha256 or str(row.mtime_ns or 0))[:16]
-        data = thumbs.get(handle.col.name, item_id, version, str(path), size)
+        data = thumbs.get(handle.name, item_id, version, str(path), size)
         return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=86400"})
 
     @router.get("/items/{item_id}/file", summary="The original file (images, audio with Range support, texts)",
@@ -327,8 +329,8 @@ def _search(handle: Handle, args: SearchArgs, query: dict[str, Any], shown: dict
 def _hits_json(handle: Handle, hits: list, args: SearchArgs, shown: dict, start: float) -> dict:
     """The response of every search route: hits as ``xsearch query --json`` prints them, plus ``id``."""
     if args.min_score is not None:
-        hits = [h for h in hits if h.score >= args.min_score]
-    return {"collection": handle.col.name, "query": shown, "filters": args.filters.to_dict(),
+        hits = [h for h in hits if round(h.score, 6) >= args.min_score]  # as the client sees the score
+    return {"collection": handle.name, "query": shown, "filters": args.filters.to_dict(),
             "took_ms": round((time.perf_counter() - start) * 1000, 2),
             "hits": [h.to_dict(with_id=True) for h in hits]}
 
@@ -352,8 +354,8 @@ def _item_json(handle: Handle, item_id: int) -> dict:
             "mtime": datetime.fromtimestamp(row.mtime_ns / 1e9).isoformat(timespec="seconds") if row.mtime_ns else None,
             "width": row.width, "height": row.height, "duration": row.duration, "sample_rate": row.sample_rate,
             "parent_id": row.parent_id, "tags": [{"tag": t, "score": round(s, 6)} for t, s in tags],
-            "file_url": f"/api/items/{row.id}/file?collection={handle.col.name}",
-            "thumbnail_url": f"/api/items/{row.id}/thumbnail?collection={handle.col.name}" if has_thumb else None}
+            "file_url": f"/api/items/{row.id}/file?collection={handle.name}",
+            "thumbnail_url": f"/api/items/{row.id}/thumbnail?collection={handle.name}" if has_thumb else None}
 
 
 def _text_vectors(handle: Handle, texts: list[str]) -> np.ndarray:

@@ -34,6 +34,7 @@ def _signature(folder: Path) -> tuple:
 class Handle:
     """One open read-only collection and what the server derived from it (folders, tags), cached per handle."""
 
+    name: str  # the folder name it is served under (collection.json may say otherwise for a copied folder)
     col: Collection
     signature: tuple
     opened: float = field(default_factory=time.monotonic)
@@ -110,7 +111,7 @@ class Library:
             return old  # the writer is mid-way; the next check tries again
         if col.info.encoder not in self._encoders:
             self._encoders[col.info.encoder] = col.encoder  # load once per process
-        handle = Handle(col, sig)
+        handle = Handle(name, col, sig)
         self._handles[name] = handle
         if old is not None:
             self._retired.append((time.monotonic(), old.col))
