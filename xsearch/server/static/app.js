@@ -143,7 +143,10 @@
     } else {
       visual = el("div", { class: "thumb text", text: (hit.text || "").slice(0, 400) });
     }
-    node.append(visual, el("span", { class: "kind", text: hit.modality === "text" && hasImage(hit) ? "caption" : hit.modality }));
+    node.append(visual);
+    if (hit.modality !== "image") { // pictures speak for themselves; label only sounds, texts and captions
+      node.append(el("span", { class: "kind", text: hasImage(hit) ? "caption" : hit.modality }));
+    }
     node.append(el("div", { class: "info" }, el("span", { class: "name", text: baseName(hit.path) }),
                     el("span", { class: "badge", text: hit.score.toFixed(3) })));
     if (hit.modality === "audio") {
@@ -156,7 +159,7 @@
   }
 
   function render() {
-    state.shown = state.hits.filter((h) => h.score >= state.threshold);
+    state.shown = state.threshold > 0 ? state.hits.filter((h) => h.score >= state.threshold) : state.hits.slice();
     $("grid").replaceChildren(...state.shown.map(card));
     $("empty").hidden = state.shown.length > 0 || !!(state.q || state.file || state.similarTo);
   }
