@@ -15,7 +15,8 @@ from ..engine import Collection, list_collections
 from ..errors import MissingCollection
 
 RETIRE_AFTER_S = 60.0  # a replaced handle is closed this long after the swap (queries still running on it finish)
-CHECK_EVERY_S = 0.5  # how often a handle stats its files to notice a rewrite
+CHECK_EVERY_S = 0.25  # how often a handle stats its files to notice a rewrite
+SETTLE_S = 0.5  # a changed collection is reopened once its files stayed unchanged this long (the writer is done)
 
 
 def _signature(folder: Path) -> tuple:
@@ -67,6 +68,7 @@ class Library:
         self._encoders: dict[str, Any] = {}
         self._retired: list[tuple[float, Collection]] = []
         self._checked: dict[str, float] = {}
+        self._pending: dict[str, tuple[tuple, float]] = {}
         self._lock = threading.Lock()
         self.ready = False
 
@@ -93,11 +95,25 @@ class Library:
         sig = _signature(self.home / name)
         if handle is not None and handle.signature == sig:
             return handle
-        with self._lock:
+        if handle is not None and not self._settled(name, sig, now):
+            return handle  # a writer is still saving: keep answering from the consistent handle we have
+        if not self._lock.acquire(blocking=handle is None):
+            return handle  # another request is reopening it; do not queue behind it
+        try:
             handle = self._handles.get(name)
             if handle is None or handle.signature != sig:
                 handle = self._reopen(name, handle, sig)
+        finally:
+            self._lock.release()
         return handle
+
+    def _settled(self, name: str, sig: tuple, now: float) -> bool:
+        """True once the collection's files have kept the same new signature for SETTLE_S."""
+        seen = self._pending.get(name)
+        if seen is None or seen[0] != sig:
+            self._pending[name] = (sig, now)
+            return False
+        return now - seen[1] >= SETTLE_S
 
     def _reopen(self, name: str, old: Handle | None, sig: tuple) -> Handle:
         """Open a fresh handle; if that fails while a writer is busy, keep serving the old one."""
