@@ -6,6 +6,7 @@ import mimetypes
 import os
 import threading
 import time
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -56,17 +57,12 @@ def create_app(home: str | os.PathLike[str], collections: list[str] | None = Non
     library = Library(settings.home, settings.collections)
     thumbs = ThumbCache(settings.home / ".xsearch-cache" / "thumbs", thumb_cache_bytes)
 
-    def lifespan(app: FastAPI):
-        from contextlib import asynccontextmanager
-
-        @asynccontextmanager
-        async def run(_app):
-            if warm:
-                threading.Thread(target=_warm, args=(library,), daemon=True, name="xsearch-warm").start()
-            yield
-            library.close()
-
-        return run(app)
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        if warm:
+            threading.Thread(target=_warm, args=(library,), daemon=True, name="xsearch-warm").start()
+        yield
+        library.close()
 
     app = FastAPI(title="xsearch", version="1", lifespan=lifespan,
                   description="Cross-modal search over xsearch collections (read-only). Errors are "
