@@ -98,7 +98,7 @@ def test_every_module_imports_on_its_own():
 
 
 def test_importing_the_engine_and_cli_loads_no_heavy_library():
-    code = ("import sys, xsearch.cli, xsearch.engine; from xsearch.engine import Filters, Hit; "
+    code = ("import sys, xsearch.cli, xsearch.engine; from xsearch.engine import Collection, Filters, Hit; "
             "print(sorted(m for m in ('torch', 'faiss', 'sqlalchemy') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=PKG.parent, check=True)
     assert done.stdout.strip() == "[]"

@@ -11,15 +11,17 @@ import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Protocol, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Protocol, Sequence
 
 import numpy as np
 
 from ..encoders.base import Encoder
 from ..errors import BadInput
 from ..media import AUDIO_EXTS, IMAGE_EXTS, TEXT_EXTS, FileInfo, discover, file_hash
-from ..store import ItemRecord, ItemRow
 from .batching import Batch, embed_audio, embed_images, embed_texts
+
+if TYPE_CHECKING:  # pragma: no cover - SQLAlchemy loads with the first write, not with this module
+    from ..store import ItemRecord, ItemRow
 
 ProgressFn = Callable[[int, int], None]  # (advance, total) — total is sent once with advance 0
 
@@ -164,7 +166,9 @@ def embed_files(encoder: Encoder, todo: Sequence[FileInfo], on_batch: Callable[[
             embed_audio(encoder, files, on_batch, on_error)
 
 
-def _record(f: FileInfo, extra: dict) -> ItemRecord:
+def _record(f: FileInfo, extra: dict) -> "ItemRecord":
+    from ..store import ItemRecord
+
     return ItemRecord(key=f.path, path=f.path, modality=f.modality, size=f.size, mtime_ns=f.mtime_ns,
                       sha256=file_hash(f.path), width=extra.get("width"), height=extra.get("height"),
                       duration=extra.get("duration"), sample_rate=extra.get("sample_rate"),
@@ -199,10 +203,12 @@ def read_captions(csv_path: str | os.PathLike[str]) -> list[tuple[int, str, str]
 def add_captions(reader: ItemReader, writer: ItemWriter, encoder: Encoder, csv_path: str | os.PathLike[str],
                  report: IndexReport, batch_size: int = 256) -> None:
     """Index captions as text items linked to their (already indexed) image; drop this file's stale captions."""
+    from ..store import ItemRecord
+
     source = str(Path(csv_path).resolve())
     rows = read_captions(csv_path)
     parents = reader.by_keys(sorted({p for _, p, _ in rows}))
-    wanted: dict[str, ItemRecord] = {}
+    wanted: dict[str, "ItemRecord"] = {}
     for line, path, caption in rows:
         parent = parents.get(path)
         if parent is None:

@@ -239,22 +239,27 @@ class Store:
                     out[item.id] = _row(item)
         return out
 
-    def rows(self, **filters) -> list[ItemRow]:
-        """Items matching :meth:`ids_where` filters, ordered by id."""
+    def rows(self, *, modalities: Sequence[str] | None = None, under: Sequence[str] | None = None,
+             since: datetime | None = None, until: datetime | None = None, tags: Sequence[str] | None = None,
+             source: str | None = None) -> list[ItemRow]:
+        """Items matching the filters (see :meth:`_filtered`), ordered by id."""
         with self.session() as s:
-            stmt = self._filtered(select(Item), **filters).order_by(Item.id)
+            stmt = self._filtered(select(Item), modalities, under, since, until, tags, source).order_by(Item.id)
             return [_row(i) for i in s.scalars(stmt)]
 
-    def ids_where(self, **filters) -> np.ndarray:
+    def ids_where(self, *, modalities: Sequence[str] | None = None, under: Sequence[str] | None = None,
+                  since: datetime | None = None, until: datetime | None = None, tags: Sequence[str] | None = None,
+                  source: str | None = None) -> np.ndarray:
         """Ids of items matching the filters (see :meth:`_filtered`)."""
         with self.session() as s:
-            stmt = self._filtered(select(Item.id), **filters)
+            stmt = self._filtered(select(Item.id), modalities, under, since, until, tags, source)
             return np.fromiter(s.scalars(stmt), dtype=np.int64)
 
     @staticmethod
-    def _filtered(stmt, modalities: Sequence[str] | None = None, under: Sequence[str] | None = None,
-                  since: datetime | None = None, until: datetime | None = None, tags: Sequence[str] | None = None,
-                  source: str | None = None):
+    def _filtered(stmt, modalities: Sequence[str] | None, under: Sequence[str] | None, since: datetime | None,
+                  until: datetime | None, tags: Sequence[str] | None, source: str | None):
+        """``stmt`` restricted to: any of ``modalities``; paths under any prefix in ``under``; file mtime within
+        [since, until]; any of ``tags``; captions from CSV ``source``. None means no restriction."""
         if modalities:
             stmt = stmt.where(Item.modality.in_(list(modalities)))
         if under:

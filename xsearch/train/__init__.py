@@ -1,4 +1,5 @@
-"""Contrastive alignment: paired data, symmetric InfoNCE, trainable heads on frozen towers, the loop, the CLI.
+"""Contrastive alignment: paired data, symmetric InfoNCE, trainable heads on frozen towers, the loop (the `xsearch
+train` command lives in xsearch.cli and reaches this package through xsearch.engine.train_encoder).
 
 Public names are imported lazily (``from xsearch.train import fit, Tower``) so ``import xsearch.train`` stays cheap.
 """
