@@ -1,10 +1,11 @@
 """HTTP load on `xsearch serve` (127.0.0.1 only) vs the same text queries through the Python API, same run.
 
-    python benchmarks/bench_serve.py [--items 10000] [--requests 600] [--clients 1 8 32] [--cap 60]
+    python benchmarks/bench_serve.py [--items 10000] [--requests 600] [--clients 1 8 32] [--rounds 3] [--cap 60]
 
 Builds (once, cached in benchmarks/_data/serve) a collection of --items short text files, starts `xsearch serve` on a
 free loopback port in a subprocess, and for each client count sends a fixed number of `GET /api/search?q=...&k=10`
-requests (stopping early at --cap seconds), printing requests/s, p50/p99 latency and errors (must be 0).
+requests (stopping early at --cap seconds), alternating in rounds with the same queries through Collection.search on
+as many threads, printing requests/s, p50/p99 latency and errors (must be 0).
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as `xsearch serve` sets it, so both paths run alike
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import ROOT, machine, percentiles, table  # noqa: E402
 
@@ -78,7 +80,7 @@ def start_server(home: Path, port: int, log: Path) -> subprocess.Popen:
     raise SystemExit(f"server did not start: {log.read_text()[-2000:]}")
 
 
-async def load(url: str, queries: list[str], clients: int, total: int, cap: float) -> dict:
+async def load(url: str, queries: list[str], clients: int, total: int, cap: float, path_param: bool = False) -> dict:
     """``clients`` concurrent loops sending ``total`` requests in all (or until ``cap`` seconds)."""
     import httpx
 
@@ -94,8 +96,12 @@ async def load(url: str, queries: list[str], clients: int, total: int, cap: floa
             sent += 1
             t0 = time.perf_counter()
             try:
-                r = await client.get(url, params={"q": q, "k": 10})
-                ok = r.status_code == 200 and len(r.json()["hits"]) == 10
+                if path_param:
+                    r = await client.get(url.format(q))
+                    ok = r.status_code == 200 and r.json()["id"] == int(q)
+                else:
+                    r = await client.get(url, params={"q": q, "k": 10})
+                    ok = r.status_code == 200 and len(r.json()["hits"]) == 10
             except httpx.HTTPError:
                 ok = False
             latencies.append((time.perf_counter() - t0) * 1000)
@@ -122,12 +128,25 @@ def python_api(col: Collection, queries: list[str], threads: int, total: int) ->
     return {"n": total, "rps": total / wall, "lat": lat, "errors": 0, "wall": wall}
 
 
+def merged(parts: list[dict]) -> dict:
+    """One result from several rounds: all latencies, total requests over total wall time."""
+    lat = [x for p in parts for x in p["lat"]]
+    return {"n": len(lat), "rps": len(lat) / sum(p["wall"] for p in parts), "lat": lat,
+            "errors": sum(p["errors"] for p in parts)}
+
+
+def row(label: str, res: dict) -> list:
+    p50, p99 = percentiles(res["lat"])
+    return [label, res["n"], f"{res['rps']:.1f}", f"{p50:.1f}", f"{p99:.1f}", res["errors"]]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--items", type=int, default=10_000)
-    ap.add_argument("--requests", type=int, default=600, help="requests per client count")
+    ap.add_argument("--requests", type=int, default=600, help="requests per client count (and per path)")
     ap.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
-    ap.add_argument("--cap", type=float, default=60.0, help="seconds per client count at most")
+    ap.add_argument("--rounds", type=int, default=3, help="HTTP and Python API alternate in this many rounds")
+    ap.add_argument("--cap", type=float, default=60.0, help="seconds per client count and path at most")
     args = ap.parse_args()
     home = ROOT / "benchmarks" / "_data" / "serve" / "home"
     t0 = time.perf_counter()
@@ -135,35 +154,42 @@ def main() -> None:
     print(f"collection: {len(col)} text items ({col.index_spec.factory}), ready in {time.perf_counter() - t0:.0f} s")
     rng = np.random.default_rng(1)
     queries = [sentence(rng).rsplit(",", 1)[0] for _ in range(300)]
-    # the server's text queries return images and audio by default; ask for text like the Python API does
     port = free_port()
-    log = home.parent / "serve.log"
-    proc = start_server(home, port, log)
-    url = f"http://127.0.0.1:{port}/api/search?modality=text"
-    rows = []
+    proc = start_server(home, port, home.parent / "serve.log")
+    base = f"http://127.0.0.1:{port}/api"
+    url = f"{base}/search?modality=text"  # text -> text, as the Python API calls below
+    per_round = max(1, args.requests // args.rounds)
+    cap = args.cap / args.rounds
+    http_rows, api_rows = [], []
     try:
         asyncio.run(load(url, queries, 4, 40, 30))  # warm-up: threads, connections, allocator
+        python_api(col, queries, 1, 20)
         for clients in args.clients:
-            res = asyncio.run(load(url, queries, clients, args.requests, args.cap))
-            p50, p99 = percentiles(res["lat"])
-            rows.append([f"HTTP, {clients} client{'s' if clients > 1 else ''}", res["n"], f"{res['rps']:.1f}",
-                         f"{p50:.1f}", f"{p99:.1f}", res["errors"]])
+            http, api = [], []
+            for _ in range(args.rounds):  # alternate, so both paths see the same background load
+                http.append(asyncio.run(load(url, queries, clients, per_round, cap)))
+                api.append(python_api(col, queries, clients, per_round))
+            plural = "s" if clients > 1 else ""
+            http_rows.append(row(f"HTTP, {clients} client{plural}", merged(http)))
+            api_rows.append(row(f"Python API, {clients} thread{plural}", merged(api)))
+        ids = [str(r.id) for r in col.items()[:500]]
+        items = asyncio.run(load_items(base, ids, 8, args.requests, args.cap))
     finally:
         proc.terminate()
         proc.wait(timeout=30)
-    python_api(col, queries, 1, 40)  # warm-up
-    for threads in (1, 8):
-        res = python_api(col, queries, threads, args.requests)
-        p50, p99 = percentiles(res["lat"])
-        rows.append([f"Python API, {threads} thread{'s' if threads > 1 else ''}", res["n"], f"{res['rps']:.1f}",
-                     f"{p50:.1f}", f"{p99:.1f}", res["errors"]])
     col.close()
-    print(f"\n{machine()}; {args.items} items; GET /api/search?q=...&k=10 (text encode + FAISS + SQLite + JSON); "
-          f"client and server share the machine\n")
+    print(f"\n{machine()}; {args.items} items; GET /api/search?q=...&k=10 (text encode + FAISS + SQLite + JSON) "
+          f"vs Collection.search(text=..., k=10); client and server share the machine; load average "
+          f"{os.getloadavg()[0]:.1f}\n")
+    rows = [r for pair in zip(http_rows, api_rows) for r in pair] + [row("HTTP, 8 clients, GET /api/items/{id}", items)]
     print(table(["path", "requests", "req/s", "p50 ms", "p99 ms", "errors"], rows))
-    base = float(rows[-2][2])
-    http1 = float(rows[0][2])
-    print(f"\nHTTP with 1 client runs at {http1 / base:.2f}x the single-thread Python API throughput")
+    ratios = ", ".join(f"{c}: {float(h[2]) / float(a[2]):.2f}x" for c, h, a in zip(args.clients, http_rows, api_rows))
+    print(f"\nHTTP / Python API throughput at the same concurrency: {ratios}")
+
+
+async def load_items(base: str, ids: list[str], clients: int, total: int, cap: float) -> dict:
+    """Metadata requests (no encoder): the cost of the HTTP layer itself."""
+    return await load(f"{base}/items/" + "{}", ids, clients, total, cap, path_param=True)
 
 
 if __name__ == "__main__":

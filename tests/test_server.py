@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -35,7 +36,18 @@ def served(tmp_path_factory, mini):
     home = root / "home"
     build_collection(home, folder, mini)
     shutil.copytree(home / "gen", home / "gen2")
+    SNAPSHOT.update(snapshot(home))
     return home, folder
+
+
+SNAPSHOT: dict[str, tuple] = {}
+
+
+def snapshot(home: Path) -> dict[str, tuple]:
+    """The data files of every collection folder with size and mtime (SQLite's -shm/-wal reader files aside)."""
+    return {str(p.relative_to(home)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for name in ("gen", "gen2") for p in sorted((home / name).iterdir())
+            if not p.name.endswith(("-shm", "-wal"))}
 
 
 @pytest.fixture(scope="module")
@@ -94,8 +106,9 @@ def test_every_cli_filter_and_min_score(client, col, served):
     assert kept == [h for h in all_hits if h["score"] >= cut] and len(kept) < len(all_hits)
 
 
-def test_image_upload_is_sniffed_not_trusted_by_name(client, col, served):
+def test_image_upload_is_sniffed_not_trusted_by_name(client, col, served, tmp_path, monkeypatch):
     _, folder = served
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where uploads may be staged
     data = (folder / "checker.png").read_bytes()
     r = client.post("/api/search", files={"image": ("innocent.txt", data, "text/plain")}, params={"k": 3})
     assert r.status_code == 200
@@ -103,6 +116,7 @@ def test_image_upload_is_sniffed_not_trusted_by_name(client, col, served):
     assert Path(top["path"]).name == "checker.png" and top["score"] == pytest.approx(1.0, abs=1e-3)
     bad = client.post("/api/search", files={"image": ("photo.jpg", b"#!/bin/sh\nrm -rf /\n", "image/jpeg")})
     assert bad.status_code == 400 and "not a readable image" in bad.json()["error"]
+    assert list(tmp_path.iterdir()) == []  # staged in a private temp folder, deleted after the query
 
 
 def test_audio_upload_and_fused_query_with_weights(client, served):
@@ -389,3 +403,22 @@ def test_xsearch_serve_answers_curl_style_requests(served):
         proc.terminate()
         out, _ = proc.communicate(timeout=20)
     assert f"http://127.0.0.1:{port}/" in out
+
+
+def test_a_public_host_with_token_warns_at_start(served, monkeypatch):
+    import uvicorn
+    from typer.testing import CliRunner
+
+    from xsearch.cli import app
+
+    calls = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append(kw))
+    r = CliRunner().invoke(app, ["serve", "--home", str(served[0]), "--host", "0.0.0.0", "--token", "t0k"])
+    assert r.exit_code == 0, r.output
+    assert "warning: serving on 0.0.0.0:8000" in r.output and calls[0]["host"] == "0.0.0.0"
+
+
+def test_the_server_never_wrote_to_the_collections(served, client):
+    """Every request of this module ran against 'gen'/'gen2': their folders are byte-for-byte as built."""
+    assert SNAPSHOT and snapshot(served[0]) == SNAPSHOT
+    assert all(p.stat().st_size == 0 for p in served[0].glob("*/meta.sqlite-wal"))  # no pending writes either

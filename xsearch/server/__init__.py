@@ -48,7 +48,8 @@ def serve(home: str | os.PathLike[str], collections: list[str] | None = None, ho
           port: int = 8000, token: str | None = None, say: Callable[[str], None] = print) -> None:
     """Run the server until interrupted. A non-loopback ``host`` needs a ``token``."""
     _require()
-    from .state import check_names
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch/FAISS load: idle OpenMP threads sleep, not spin,
+    from .state import check_names  # so concurrent requests do not starve each other of cores
 
     if not is_loopback(host) and not token:
         raise BadInput(f"--host {host} exposes your collections beyond this machine: add --token SECRET "
