@@ -85,6 +85,7 @@ async def load(url: str, queries: list[str], clients: int, total: int, cap: floa
     import httpx
 
     latencies: list[float] = []
+    engine: list[float] = []  # took_ms as the server measured it around Collection.search
     errors = 0
     sent = 0
     start = time.perf_counter()
@@ -102,6 +103,8 @@ async def load(url: str, queries: list[str], clients: int, total: int, cap: floa
                 else:
                     r = await client.get(url, params={"q": q, "k": 10})
                     ok = r.status_code == 200 and len(r.json()["hits"]) == 10
+                    if ok:
+                        engine.append(r.json()["took_ms"])
             except httpx.HTTPError:
                 ok = False
             latencies.append((time.perf_counter() - t0) * 1000)
@@ -111,7 +114,8 @@ async def load(url: str, queries: list[str], clients: int, total: int, cap: floa
     async with httpx.AsyncClient(limits=limits, timeout=60) as client:
         await asyncio.gather(*(worker(client) for _ in range(clients)))
     wall = time.perf_counter() - start
-    return {"n": len(latencies), "rps": len(latencies) / wall, "lat": latencies, "errors": errors, "wall": wall}
+    return {"n": len(latencies), "rps": len(latencies) / wall, "lat": latencies, "errors": errors, "wall": wall,
+            "engine": engine}
 
 
 def python_api(col: Collection, queries: list[str], threads: int, total: int) -> dict:
@@ -125,19 +129,20 @@ def python_api(col: Collection, queries: list[str], threads: int, total: int) ->
     with ThreadPoolExecutor(threads) as pool:
         lat = list(pool.map(one, [queries[i % len(queries)] for i in range(total)]))
     wall = time.perf_counter() - start
-    return {"n": total, "rps": total / wall, "lat": lat, "errors": 0, "wall": wall}
+    return {"n": total, "rps": total / wall, "lat": lat, "errors": 0, "wall": wall, "engine": lat}
 
 
 def merged(parts: list[dict]) -> dict:
     """One result from several rounds: all latencies, total requests over total wall time."""
     lat = [x for p in parts for x in p["lat"]]
     return {"n": len(lat), "rps": len(lat) / sum(p["wall"] for p in parts), "lat": lat,
-            "errors": sum(p["errors"] for p in parts)}
+            "errors": sum(p["errors"] for p in parts), "engine": [x for p in parts for x in p["engine"]]}
 
 
 def row(label: str, res: dict) -> list:
     p50, p99 = percentiles(res["lat"])
-    return [label, res["n"], f"{res['rps']:.1f}", f"{p50:.1f}", f"{p99:.1f}", res["errors"]]
+    inner = f"{percentiles(res['engine'])[0]:.1f}" if res["engine"] else "-"
+    return [label, res["n"], f"{res['rps']:.1f}", f"{p50:.1f}", f"{p99:.1f}", inner, res["errors"]]
 
 
 def main() -> None:
@@ -182,7 +187,7 @@ def main() -> None:
           f"vs Collection.search(text=..., k=10); client and server share the machine; load average "
           f"{os.getloadavg()[0]:.1f}\n")
     rows = [r for pair in zip(http_rows, api_rows) for r in pair] + [row("HTTP, 8 clients, GET /api/items/{id}", items)]
-    print(table(["path", "requests", "req/s", "p50 ms", "p99 ms", "errors"], rows))
+    print(table(["path", "requests", "req/s", "p50 ms", "p99 ms", "search p50 ms", "errors"], rows))
     ratios = ", ".join(f"{c}: {float(h[2]) / float(a[2]):.2f}x" for c, h, a in zip(args.clients, http_rows, api_rows))
     print(f"\nHTTP / Python API throughput at the same concurrency: {ratios}")
 
