@@ -2,6 +2,7 @@
 ``xsearch index`` rewrites the collection (the old handle keeps serving until the new one is open)."""
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -119,12 +120,10 @@ class Library:
         """Open a fresh handle; if that fails while a writer is busy, keep serving the old one."""
         try:
             col = Collection.open(self.home, name, encoder=self._encoder_for(name), read_only=True)
-        except MissingCollection:
-            raise
-        except Exception:
+        except Exception:  # noqa: BLE001 - e.g. a half-written file: keep the consistent handle, retry next check
             if old is None:
                 raise
-            return old  # the writer is mid-way; the next check tries again
+            return old
         if col.info.encoder not in self._encoders:
             self._encoders[col.info.encoder] = col.encoder  # load once per process
         handle = Handle(name, col, sig)
@@ -137,8 +136,6 @@ class Library:
     def _encoder_for(self, name: str) -> Any:
         """The already-loaded encoder for this collection's encoder id, if any (so a reopen does not reload it)."""
         try:
-            import json
-
             enc_id = json.loads((self.home / name / INFO_FILE).read_text(encoding="utf-8"))["encoder"]
         except (OSError, ValueError, KeyError):
             return None
