@@ -232,3 +232,22 @@ def test_unversioned_xsearch_mini_collection_is_old_once_mini_has_a_fingerprint(
     col = Collection.open(home, "m")
     assert col.reembed().reembedded == 1
     assert Path(col.search(text="a motorcycle", k=1)[0].path).name == "motorcycle.jpg"
+
+
+def test_a_file_changed_between_an_interrupted_and_a_resumed_reembed_gets_its_new_vector(built):
+    home, folder = built
+    col = Collection.open(home, "c")  # same version: a re-embed on request, interrupted half-way
+    seen = []
+
+    def stop(advance, total):
+        seen.append(advance)
+        if sum(seen) >= 6:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        col.reembed(progress=stop, batch_size=2, workers=0)
+    Image.new("RGB", (32, 32), (0, 255, 255)).save(folder / "green.png")  # new content, re-indexed meanwhile
+    assert col.add([folder]).updated == 1
+    col.reembed()
+    key = str((folder / "green.png").resolve())
+    np.testing.assert_allclose(stored(home)[key][1], ENCODER.encode_images([folder / "green.png"])[0], atol=1e-6)

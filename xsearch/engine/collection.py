@@ -77,9 +77,13 @@ class Collection:
         if stored_fp != info.encoder_fingerprint:  # killed between the re-embed swap and writing collection.json
             info = info.touched(encoder_fingerprint=stored_fp)
         col = cls(folder, info, store, VectorIndex(info.dim, info.index), enc)
-        if enc is not None:
-            col.check_encoder()
-        col._load_index(mmap=read_only)
+        try:
+            if enc is not None:
+                col.check_encoder()
+            col._load_index(mmap=read_only)
+        except BaseException:
+            store.close()
+            raise
         return col
 
     @classmethod

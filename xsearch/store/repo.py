@@ -138,7 +138,10 @@ class Store:
                 s.add(item)
                 items.append(item)
             s.flush()
-            return [item.id for item in items]
+            ids = [item.id for item in items]
+            for part in _chunks(ids):  # a vector staged by an unfinished re-embed is older than this one
+                s.execute(delete(Staged).where(Staged.item_id.in_(part)))
+            return ids
 
     def touch(self, ids_mtimes: Iterable[tuple[int, int]]) -> None:
         """Record a new mtime for items whose content did not change."""
