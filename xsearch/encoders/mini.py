@@ -1,7 +1,8 @@
 """xsearch-mini: the offline default encoder (MiniLM text + EfficientNet-Lite0 images bridged by ConSE), 384-d.
 
 Text: all-MiniLM-L6-v2 sentence embeddings, L2-normalised, unchanged (run by ``minilm.py``, a pure-torch BERT that
-matches sentence-transformers without importing it or transformers: a cold query starts seconds faster).
+matches sentence-transformers without importing it or transformers, or for a few texts in a process without torch
+by its numpy twin ``bert_numpy.py``: a cold query never imports torch; see ``MiniLMText``).
 
 Images: an EfficientNet-Lite0 ImageNet classifier puts the image on the 1000 ImageNet classes; ConSE
 ("convex combination of semantic embeddings") turns that into a point of the MiniLM space:
