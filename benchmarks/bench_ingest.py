@@ -6,11 +6,15 @@ For each decode-worker setting, ``Collection.add`` indexes a copy of the develop
 collection while the encoder's ``encode_image_batch`` is timed inside that same run. Ratio = end-to-end images/s
 ÷ forward images/s of that run (forward = model inference on already decoded, preprocessed batches), so both sides
 see the same machine load; 1.0 means decoding, hashing, SQLite and FAISS cost nothing on top of inference.
-A separate "forward only" row embeds pre-decoded tensors outside any ingest, for reference. Medians over --repeats.
+A separate "forward only" row embeds pre-decoded tensors outside any ingest (the encoder's standalone rate); the
+last column divides each end-to-end rate by it. The "(default)" row lets `xsearch index` choose decode workers and
+torch threads by core count (xsearch/batching.py). Medians over --repeats; the load average is printed because the
+CPU may be shared with other jobs.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -23,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine, photo_folder, table  # noqa: E402
 
 from xsearch import Collection  # noqa: E402
+from xsearch.batching import default_workers  # noqa: E402
 from xsearch.encoders import create  # noqa: E402
 from xsearch.media import load_image  # noqa: E402
 
@@ -59,7 +64,7 @@ class TimedForward:
         del self.encoder.encode_image_batch  # back to the class method
 
 
-def ingest_rates(encoder, folder: Path, workers: int, batch_size: int) -> tuple[float, float]:
+def ingest_rates(encoder, folder: Path, workers: int | None, batch_size: int) -> tuple[float, float]:
     """(end-to-end images/s of Collection.add on a fresh collection, forward images/s inside that run)."""
     with tempfile.TemporaryDirectory() as home, TimedForward(encoder) as fwd:
         col = Collection.open(home, "bench", encoder=encoder, create=True)
@@ -73,24 +78,32 @@ def ingest_rates(encoder, folder: Path, workers: int, batch_size: int) -> tuple[
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--encoder", default="xsearch-mini")
-    ap.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2], help="fixed settings; the default "
+                    "(chosen by core count, what `xsearch index` does) always runs too")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=2)
     args = ap.parse_args()
+    load = os.getloadavg()[0]
     encoder = create(args.encoder)
     med = statistics.median
     with tempfile.TemporaryDirectory() as tmp:
         folder = photo_folder(Path(tmp) / "photos")
         files = sorted(folder.glob("*.jpg"))
         rows = [["forward only (pre-decoded)", "-", round(med(forward_rate(encoder, files, args.batch_size)
-                                                              for _ in range(args.repeats)), 1), "-", "-"]]
-        for w in args.workers:
+                                                              for _ in range(args.repeats)), 1), "-", "-", "-"]]
+        standalone = rows[0][2]
+        default = default_workers(str(getattr(encoder, "device", "cpu")))
+        for w in [None, *args.workers]:
             runs = [ingest_rates(encoder, folder, w, args.batch_size) for _ in range(args.repeats)]
             e2e, fwd = med(r[0] for r in runs), med(r[1] for r in runs)
-            rows.append(["xsearch index", w, round(e2e, 1), round(fwd, 1), f"{med(r[0] / r[1] for r in runs):.2f}"])
+            rows.append(["xsearch index" + (" (default)" if w is None else ""), default if w is None else w,
+                         round(e2e, 1), round(fwd, 1), f"{med(r[0] / r[1] for r in runs):.2f}",
+                         f"{e2e / standalone:.2f}"])
     print(f"# ingest: {len(files)} real photos, encoder {encoder.id}, batch {args.batch_size}, "
-          f"median of {args.repeats}; {machine()}\n")
-    print(table(["what", "decode workers", "images/s", "forward images/s (same run)", "ratio"], rows))
+          f"median of {args.repeats}; {machine()}; load average {load:.1f} at start, {os.getloadavg()[0]:.1f} "
+          f"at end\n")
+    print(table(["what", "decode workers", "images/s", "forward images/s (same run)", "ratio",
+                 "ratio to forward only"], rows))
 
 
 if __name__ == "__main__":

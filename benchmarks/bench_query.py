@@ -1,12 +1,18 @@
 """Query latency: warm p50/p99 through the Python API, and cold `xsearch query` wall time.
 
-    python benchmarks/bench_query.py [--encoder xsearch-mini] [--repeats 200] [--cold 3]
+    python benchmarks/bench_query.py [--encoder xsearch-mini] [--repeats 200] [--cold 5]
+
+Cold rows run `xsearch query "a cat"` in new processes, alternating the default text runtime (numpy for a few
+texts, no torch import) with ``XSEARCH_TEXT_RUNTIME=torch`` (the torch BERT, i.e. the path before the numpy
+runtime existed), so both see the same machine load; ratio = median wall of the default / median wall of torch.
+CPU s = user + system time of the child. The load average is printed because the CPU may be shared.
 """
 from __future__ import annotations
 
 import argparse
 import csv
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -34,8 +40,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--encoder", default="xsearch-mini")
     ap.add_argument("--repeats", type=int, default=200)
-    ap.add_argument("--cold", type=int, default=3)
+    ap.add_argument("--cold", type=int, default=5)
     args = ap.parse_args()
+    load_before = os.getloadavg()[0]
     queries = [r["query"] for r in csv.DictReader(open(DATA / "dev-photos" / "queries.csv"))]
     with tempfile.TemporaryDirectory() as home:
         folder = photo_folder(Path(home) / "photos")
@@ -53,12 +60,48 @@ def main() -> None:
             p50, p99 = percentiles(timed(fn, args.repeats))
             rows.append([name, len(col), f"{p50:.1f}", f"{p99:.1f}"])
         col.close()
-        env = dict(os.environ, XSEARCH_HOME=home)
-        cold = timed(lambda: subprocess.run([sys.executable, "-m", "xsearch.cli", "query", "a cat", "-c", "bench",
-                                             "--json"], env=env, check=True, capture_output=True), args.cold)
-        rows.append(["cold `xsearch query` (new process)", len(col), f"{np.median(cold):.0f}", f"{max(cold):.0f}"])
-    print(f"# query latency, encoder {args.encoder}; {machine()}\n")
-    print(table(["what", "items", "p50 ms", "p99 ms (cold: max)"], rows))
+        cold = cold_queries(home, args.cold)
+        base = np.median(cold["torch"]["wall"])
+        for runtime, label in (("torch", "cold `xsearch query`, torch text tower (before)"),
+                               ("default", "cold `xsearch query`, default (numpy text tower)")):
+            wall, cpu = cold[runtime]["wall"], cold[runtime]["cpu"]
+            rows.append([label, len(col), f"{np.median(wall):.0f}", f"{max(wall):.0f}",
+                         f"{np.median(cpu) / 1000:.2f}", f"{np.median(wall) / base:.2f}"])
+        for row in rows[:3]:
+            row += ["-", "-"]
+    print(f"# query latency, encoder {args.encoder}; {machine()}; load average {load_before:.1f} at start, "
+          f"{os.getloadavg()[0]:.1f} at end\n")
+    print(table(["what", "items", "p50 ms", "p99 ms (cold: max)", "cold CPU s", "cold ratio"], rows))
+    if args.encoder == "xsearch-mini":
+        print(f"\nnumpy vs torch text vectors on {len(queries) + 1} queries: max abs diff {runtime_diff(queries):.1e}")
+
+
+def cold_queries(home: str, repeats: int) -> dict[str, dict[str, list[float]]]:
+    """Wall and CPU ms of `xsearch query` in new processes, default runtime and torch alternating."""
+    out: dict[str, dict[str, list[float]]] = {r: {"wall": [], "cpu": []} for r in ("default", "torch")}
+    cmd = [sys.executable, "-m", "xsearch.cli", "query", "a cat", "-c", "bench", "--json"]
+    for _ in range(repeats):
+        for runtime in out:
+            env = dict(os.environ, XSEARCH_HOME=home)
+            env.pop("XSEARCH_TEXT_RUNTIME", None)
+            if runtime == "torch":
+                env["XSEARCH_TEXT_RUNTIME"] = "torch"
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
+            start = time.perf_counter()
+            subprocess.run(cmd, env=env, check=True, capture_output=True)
+            out[runtime]["wall"].append((time.perf_counter() - start) * 1000)
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            out[runtime]["cpu"].append((after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime) * 1000)
+    return out
+
+
+def runtime_diff(queries: list[str]) -> float:
+    """Max abs difference between the numpy and torch MiniLM runtimes on the benchmark queries."""
+    from xsearch.encoders.mini import MiniLMText
+
+    text = MiniLMText("cpu")
+    texts = queries + ["a cat"]
+    return float(np.abs(text.runtime("numpy").encode(texts) - text.runtime("torch").encode(texts)).max())
 
 
 if __name__ == "__main__":

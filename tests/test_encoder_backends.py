@@ -148,22 +148,94 @@ def test_openclip_local_folder_and_hub_cache(tiny, tmp_path, empty_caches):
     np.testing.assert_allclose(hub.encode_text(TEXTS), enc.encode_text(TEXTS), atol=1e-6)
 
 
-def test_openclip_pretrained_tag_resolves_from_cache_only(empty_caches):
+@pytest.fixture
+def no_downloads(monkeypatch):
+    """Any attempt to reach the network or download weights fails the test."""
+    import urllib.request
+
+    import huggingface_hub
+    import open_clip
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a network access was attempted")
+
+    for module, name in ((urllib.request, "urlopen"), (open_clip.pretrained, "download_pretrained"),
+                         (open_clip.pretrained, "download_pretrained_from_hf"), (huggingface_hub, "hf_hub_download")):
+        monkeypatch.setattr(module, name, forbidden)
+
+
+def test_openclip_offline_missing_tag_fails_at_once_with_how_to(empty_caches, no_downloads, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     start = time.monotonic()
-    with pytest.raises(ModelLoadError, match="no network: pass a local checkpoint path"):
+    with pytest.raises(ModelLoadError, match="not in the local cache and downloads are off") as info:
         create("openclip:ViT-B-32/laion2b_s34b_b79k", cache=False)
-    with pytest.raises(ModelLoadError, match="not in the local Hugging Face cache"):
+    message = str(info.value)
+    assert "\n" not in message
+    assert "https://huggingface.co/laion/CLIP-ViT-B-32-laion2B-s34B-b79K/resolve/main/" in message
+    assert "openclip:ViT-B-32//path/to/open_clip_pytorch_model.bin" in message
+    with pytest.raises(ModelLoadError, match="not in the local Hugging Face cache and downloads are off"):
         create("openclip:hf-hub:nobody/nothing", cache=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    with pytest.raises(ModelLoadError, match="downloads are off"):  # the API's offline=True, env unset
+        oc.load("ViT-B-32/laion2b_s34b_b79k", offline=True)
     assert time.monotonic() - start < 5
 
-    # with the tag's file in the HF cache, the tag resolves to it (and its QuickGELU / preprocessing settings)
+
+def test_openclip_cached_tag_resolves_without_network(empty_caches, no_downloads):
+    """With the tag's file in the HF cache, the tag resolves to it (and its QuickGELU / preprocessing settings)."""
     import open_clip
 
     hub = open_clip.get_pretrained_cfg("RN50", "openai")["hf_hub"].rstrip("/")
     snap = _fake_hub_repo(empty_caches, hub, {"open_clip_model.safetensors": b"x"})
-    plan = oc.resolve("RN50/openai")
-    assert plan.checkpoint == str(snap / "open_clip_model.safetensors")
-    assert plan.quick_gelu and plan.id == "openclip:RN50/openai" and plan.preprocess["interpolation"] == "bicubic"
+    for offline in (True, False):
+        plan = oc.resolve("RN50/openai", offline=offline)
+        assert plan.checkpoint == str(snap / "open_clip_model.safetensors")
+        assert plan.quick_gelu and plan.id == "openclip:RN50/openai" and plan.preprocess["interpolation"] == "bicubic"
+
+
+def test_openclip_online_downloads_missing_tag_with_open_clip(empty_caches, monkeypatch, tmp_path):
+    """Online, a missing tag is fetched by open_clip's own downloader (stubbed here: tests never use the network);
+    no network or a failed download is one line saying how to get the file."""
+    import open_clip
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    weights = tmp_path / "downloaded.safetensors"
+    weights.write_bytes(b"x")
+    calls = []
+    monkeypatch.setattr(oc, "_unreachable", lambda url, timeout=5.0: None)
+    monkeypatch.setattr(open_clip.pretrained, "download_pretrained", lambda cfg, **kw: calls.append(cfg) or str(weights))
+    plan = oc.resolve("ViT-B-32/laion2b_s34b_b79k")
+    assert plan.checkpoint == str(weights) and plan.id == "openclip:ViT-B-32/laion2b_s34b_b79k"
+    assert calls[0]["hf_hub"].startswith("laion/CLIP-ViT-B-32-laion2B-s34B-b79K")
+
+    def broken(cfg, **kw):
+        raise OSError("connection reset\nby peer")
+
+    monkeypatch.setattr(open_clip.pretrained, "download_pretrained", broken)
+    with pytest.raises(ModelLoadError, match="cannot download the weights .* connection reset by peer") as info:
+        oc.resolve("ViT-B-32/laion2b_s34b_b79k")
+    assert "\n" not in str(info.value) and "openclip:ViT-B-32//path/to/" in str(info.value)
+    monkeypatch.setattr(oc, "_unreachable", lambda url, timeout=5.0: "Name or service not known")
+    with pytest.raises(ModelLoadError, match="there is no network \\(Name or service not known\\)"):
+        oc.resolve("ViT-B-32/laion2b_s34b_b79k")
+
+
+def test_cli_offline_flag_fails_fast_on_missing_tag(tmp_path):
+    """`xsearch --offline index ... --encoder openclip:<tag>` in a fresh process, HF_HUB_OFFLINE unset: exit 1, one line."""
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "note.txt").write_text("hello")
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
+    env.update(HF_HOME=str(tmp_path / "hf"), HOME=str(tmp_path / "home"),
+               HTTPS_PROXY="http://127.0.0.1:9", HTTP_PROXY="http://127.0.0.1:9")  # belt and braces: no network
+    proc = subprocess.run([sys.executable, "-m", "xsearch.cli", "--offline", "index", str(tmp_path / "note.txt"),
+                           "--home", str(tmp_path / "idx"), "--encoder", "openclip:ViT-B-32/laion2b_s34b_b79k", "-q"],
+                          capture_output=True, text=True, timeout=300, env=env, cwd=Path(__file__).resolve().parents[1])
+    assert proc.returncode == 1, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "downloads are off" in lines[0] and "huggingface.co/laion" in lines[0], proc.stderr
 
 
 @pytest.mark.parametrize("arg, message", [

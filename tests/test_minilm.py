@@ -1,6 +1,7 @@
 """The pure-torch MiniLM runtime (xsearch/encoders/minilm.py) against sentence-transformers on the same files."""
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -14,7 +15,7 @@ from xsearch.encoders.base import l2_normalize
 from xsearch.encoders.mini import (CLASSES_FILE, BridgeConfig, _mean_prompt_vectors, class_matrix, class_matrix_key,
                                    imagenet_classes, minilm_path)
 from xsearch.encoders.minilm import SentenceEncoder
-from xsearch.errors import ModelLoadError
+from xsearch.errors import BadInput, ModelLoadError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -152,3 +153,80 @@ def test_shipped_class_matrix_agrees_with_this_runtime(ours):
     mine = l2_normalize(l2_normalize(name_vec + syn_vec) + config.gloss_weight * gloss_vec)
     shipped = np.load(CLASSES_FILE.parent / f"mini-classes-{class_matrix_key(config)}.npy")[rows]
     assert float(np.max(np.abs(mine - shipped))) < 1e-4
+
+
+# ---- the numpy runtime (cold text queries without torch) --------------------------------------------------
+@pytest.fixture(scope="module")
+def numpy_ours():
+    from xsearch.encoders.bert_numpy import NumpySentenceEncoder
+
+    return NumpySentenceEncoder(minilm_path())
+
+
+def test_numpy_runtime_matches_torch(numpy_ours, ours):
+    """Same vectors as the torch BERT within 1e-5 on varied texts (empty, unicode, truncated), in any batching."""
+    torch_vecs = ours.encode(TEXTS, batch_size=64)
+    for batch_size in (64, 1, 7):
+        vecs = numpy_ours.encode(TEXTS, batch_size=batch_size)
+        assert vecs.shape == (30, 384) and vecs.dtype == np.float32
+        assert float(np.max(np.abs(vecs - torch_vecs))) <= 1e-5
+    assert numpy_ours.max_length == 256 and numpy_ours.encode([]).shape == (0, 384)
+
+
+def test_numpy_runtime_reads_pytorch_model_bin_through_the_cache(ours, tmp_path, monkeypatch):
+    folder = tmp_path / "minilm-bin"
+    shutil.copytree(minilm_path(), folder, ignore=shutil.ignore_patterns("model.safetensors", "*.md"))
+    torch.save({f"bert.{k}": v for k, v in ours.model.state_dict().items()}, folder / "pytorch_model.bin")
+    monkeypatch.setenv("XSEARCH_CACHE", str(tmp_path / "cache"))
+    from xsearch.encoders.bert_numpy import NumpySentenceEncoder
+
+    first = NumpySentenceEncoder(folder).encode(TEXTS[:8])
+    assert len(list((tmp_path / "cache").glob("bert-*.npz"))) == 1  # converted once, then read from the cache
+    np.testing.assert_allclose(NumpySentenceEncoder(folder).encode(TEXTS[:8]), first, atol=0)
+    assert float(np.max(np.abs(first - ours.encode(TEXTS[:8])))) <= 1e-5
+
+
+def test_mini_runtime_choice(monkeypatch):
+    from xsearch.encoders.mini import SMALL_TEXT_BATCH, MiniLMText
+
+    text = MiniLMText("cpu")
+    assert text.runtime_name(SMALL_TEXT_BATCH + 1) == "torch"
+    assert text.runtime_name(1) == "torch"  # torch is already imported in this process: use it
+    monkeypatch.setenv("XSEARCH_TEXT_RUNTIME", "numpy")
+    assert text.runtime_name(1000) == "numpy"
+    monkeypatch.setenv("XSEARCH_TEXT_RUNTIME", "tensorflow")
+    with pytest.raises(BadInput, match="XSEARCH_TEXT_RUNTIME"):
+        text.runtime_name(1)
+
+
+@pytest.mark.needs_data
+def test_text_query_does_not_import_torch(tmp_path):
+    """A text query of an existing xsearch-mini collection, API and CLI, in fresh interpreters: no torch import."""
+    from xsearch import Collection
+
+    home = tmp_path / "home"
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("chelsea.jpg", "rocket.jpg"):
+        shutil.copy(ROOT.parent / "shared" / "data" / "dev-photos" / name, photos / name)
+    (photos / "note.txt").write_text("a shopping list: milk and bread")
+    with Collection.open(home, "c", create=True) as col:
+        col.add([photos])
+    code = (
+        "import sys\n"
+        "from xsearch import Collection\n"
+        f"col = Collection.open({str(home)!r}, 'c', read_only=True)\n"
+        "hits = col.search(text='a cat', k=3) + col.search_many(['a rocket', 'bread'], k=1)[0]\n"
+        "print(hits[0].path, hits[-1].path)\n"
+        "sys.exit(3 if 'torch' in sys.modules else 0)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "XSEARCH_TEXT_RUNTIME"}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.split() == [str(photos / "chelsea.jpg"), str(photos / "rocket.jpg")]
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "xsearch.cli", "query", "a cat", "--home", str(home),
+                           "-c", "c", "--json", "-k", "1"], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "chelsea.jpg" in proc.stdout
+    imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
+    assert "numpy" in imported and "torch" not in imported

@@ -1,7 +1,8 @@
 """xsearch-mini: the offline default encoder (MiniLM text + EfficientNet-Lite0 images bridged by ConSE), 384-d.
 
 Text: all-MiniLM-L6-v2 sentence embeddings, L2-normalised, unchanged (run by ``minilm.py``, a pure-torch BERT that
-matches sentence-transformers without importing it or transformers: a cold query starts seconds faster).
+matches sentence-transformers without importing it or transformers, or for a few texts in a process without torch
+by its numpy twin ``bert_numpy.py``: a cold query never imports torch; see ``MiniLMText``).
 
 Images: an EfficientNet-Lite0 ImageNet classifier puts the image on the 1000 ImageNet classes; ConSE
 ("convex combination of semantic embeddings") turns that into a point of the MiniLM space:
@@ -33,6 +34,7 @@ import hashlib
 import json
 import logging
 import os
+import sys
 import threading
 from dataclasses import dataclass
 from functools import lru_cache
@@ -261,7 +263,7 @@ class XsearchMini(Encoder):
     def _text(self) -> Any:
         with self._lock:
             if self._text_model is None:
-                self._text_model = load_minilm(self.device)
+                self._text_model = MiniLMText(self.device_pref)
             return self._text_model
 
     def _image(self) -> Any:
@@ -317,6 +319,46 @@ def load_minilm(device: str) -> "SentenceEncoder":
     from .minilm import SentenceEncoder
 
     return SentenceEncoder(minilm_path(), device=device)
+
+
+TEXT_RUNTIME_ENV = "XSEARCH_TEXT_RUNTIME"  # "numpy" or "torch" forces one runtime (benchmarks, tests)
+SMALL_TEXT_BATCH = 16  # up to this many texts the numpy runtime is used while torch is not imported yet
+
+
+class MiniLMText:
+    """all-MiniLM-L6-v2 on two runtimes that give the same vectors (<= 1e-5): plain numpy for a few texts in a
+    process that has not imported torch (a cold ``xsearch query`` never pays the 2-4 s of ``import torch``), the
+    torch BERT for batches (indexing, class prompts) and whenever torch is already loaded (it is ~2x faster)."""
+
+    def __init__(self, device: str | None = None) -> None:
+        self.device_pref = device
+        self._runtimes: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def runtime_name(self, n_texts: int) -> str:
+        """Which runtime embeds a call with ``n_texts`` texts: ``numpy`` or ``torch``."""
+        forced = os.environ.get(TEXT_RUNTIME_ENV, "").strip().lower()
+        if forced in ("numpy", "torch"):
+            return forced
+        if forced:
+            raise BadInput(f"{TEXT_RUNTIME_ENV}={forced!r}: expected 'numpy' or 'torch'")
+        return "numpy" if n_texts <= SMALL_TEXT_BATCH and "torch" not in sys.modules else "torch"
+
+    def runtime(self, name: str) -> Any:
+        """The loaded runtime called ``name`` (loaded on first use)."""
+        with self._lock:
+            if name not in self._runtimes:
+                if name == "numpy":
+                    from .bert_numpy import NumpySentenceEncoder
+
+                    self._runtimes[name] = NumpySentenceEncoder(minilm_path())
+                else:
+                    self._runtimes[name] = load_minilm(pick_device(self.device_pref))
+            return self._runtimes[name]
+
+    def encode(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        """(n, 384) unit float32 vectors."""
+        return self.runtime(self.runtime_name(len(texts))).encode(texts, batch_size=batch_size)
 
 
 def load_efficientnet(device: str) -> Any:

@@ -8,8 +8,6 @@ match ``SentenceTransformer(folder).encode(texts, normalize_embeddings=True)`` t
 """
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -19,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import MissingDependency, ModelLoadError
+from .bert_numpy import IGNORED_WEIGHTS, BertConfig, load_tokenizer, max_seq_length, pooling_modes
 
 ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "gelu": F.gelu,
@@ -26,34 +25,6 @@ ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
     "relu": F.relu,
 }
-POOLING_MODES = ("cls_token", "max_tokens", "mean_tokens", "mean_sqrt_len_tokens")  # sentence-transformers order
-IGNORED_WEIGHTS = ("pooler.", "embeddings.position_ids")  # in the checkpoint, unused for sentence embeddings
-
-
-@dataclass(frozen=True)
-class BertConfig:
-    """The ``config.json`` fields a BERT encoder needs."""
-
-    vocab_size: int
-    hidden_size: int
-    num_hidden_layers: int
-    num_attention_heads: int
-    intermediate_size: int
-    max_position_embeddings: int
-    type_vocab_size: int = 2
-    layer_norm_eps: float = 1e-12
-    hidden_act: str = "gelu"
-    pad_token_id: int = 0
-
-    @classmethod
-    def from_file(cls, path: Path) -> "BertConfig":
-        """Read a Hugging Face ``config.json`` of a BERT model."""
-        raw = json.loads(path.read_text(encoding="utf-8"))
-        if raw.get("model_type", "bert") != "bert" or raw.get("position_embedding_type", "absolute") != "absolute":
-            raise ModelLoadError(f"{path}: only BERT models with absolute positions are supported")
-        if raw.get("hidden_act", "gelu") not in ACTIVATIONS:
-            raise ModelLoadError(f"{path}: unsupported activation {raw['hidden_act']!r}")
-        return cls(**{k: raw[k] for k in cls.__dataclass_fields__ if k in raw})
 
 
 # ---- the network (parameter names follow HF BertModel so checkpoints load as they are) ----------------------
@@ -197,22 +168,6 @@ def pool(tokens: torch.Tensor, mask: torch.Tensor, modes: Sequence[str]) -> torc
     return torch.cat(parts, dim=1)
 
 
-def pooling_modes(folder: Path) -> tuple[str, ...]:
-    """Pooling modes switched on in ``1_Pooling/config.json`` (mean pooling if the folder has none)."""
-    path = folder / "1_Pooling" / "config.json"
-    if not path.is_file():
-        return ("mean_tokens",)
-    raw = json.loads(path.read_text(encoding="utf-8"))
-    unsupported = [k for k, v in raw.items() if k.startswith("pooling_mode_") and v
-                   and k.removeprefix("pooling_mode_") not in POOLING_MODES]
-    if unsupported:
-        raise ModelLoadError(f"{path}: unsupported pooling {unsupported}")
-    modes = tuple(m for m in POOLING_MODES if raw.get(f"pooling_mode_{m}"))
-    if not modes:
-        raise ModelLoadError(f"{path}: no pooling mode enabled")
-    return modes
-
-
 # ---- loading -------------------------------------------------------------------------------------------
 def load_weights(folder: Path) -> dict[str, torch.Tensor]:
     """The checkpoint's tensors (``model.safetensors``, else ``pytorch_model.bin``), ``bert.`` prefix removed."""
@@ -227,29 +182,6 @@ def load_weights(folder: Path) -> dict[str, torch.Tensor]:
         raise ModelLoadError(f"{folder}: no model.safetensors or pytorch_model.bin")
     state = {k.removeprefix("bert."): v for k, v in state.items()}
     return {k: v for k, v in state.items() if not k.startswith(IGNORED_WEIGHTS)}
-
-
-def max_seq_length(folder: Path, cfg: BertConfig) -> int:
-    """``max_seq_length`` of ``sentence_bert_config.json`` (else the tokenizer's), capped by the position table."""
-    limit = cfg.max_position_embeddings
-    for name, key in (("sentence_bert_config.json", "max_seq_length"), ("tokenizer_config.json", "model_max_length")):
-        path = folder / name
-        value = json.loads(path.read_text(encoding="utf-8")).get(key) if path.is_file() else None
-        if isinstance(value, int) and value > 0:
-            return min(value, limit)
-    return limit
-
-
-def load_tokenizer(folder: Path, max_length: int) -> Any:
-    """``tokenizers.Tokenizer`` from ``tokenizer.json``, truncating to ``max_length``; padding is done per batch."""
-    try:
-        from tokenizers import Tokenizer
-    except ImportError:
-        raise MissingDependency("the MiniLM text encoder needs 'tokenizers' (pip install tokenizers)") from None
-    tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
-    tokenizer.no_padding()  # the file may carry a fixed-length padding setting; batches are padded to their longest
-    tokenizer.enable_truncation(max_length=max_length)
-    return tokenizer
 
 
 class SentenceEncoder:

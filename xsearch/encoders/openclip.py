@@ -2,15 +2,17 @@
 
 Accepted arguments (the part after ``openclip:``):
 
-- ``<arch>/<tag>``            built-in architecture + pretrained tag, e.g. ``ViT-B-32/laion2b_s34b_b79k``; the weights
-                              must already be in the Hugging Face / open_clip cache (nothing is downloaded),
+- ``<arch>/<tag>``            built-in architecture + pretrained tag, e.g. ``ViT-B-32/laion2b_s34b_b79k``: taken from
+                              the Hugging Face / open_clip cache, else downloaded there on first use by open_clip
+                              (with its progress bar); offline (``HF_HUB_OFFLINE=1``, ``xsearch --offline``,
+                              ``offline=True``) a missing file fails at once with a one-line "how to get it",
 - ``<arch>/<checkpoint>``     built-in architecture + a local checkpoint file (.pt/.bin/.pth/.safetensors), e.g.
                               ``ViT-B-32//abs/path/model.pt`` or ``RN50/weights/rn50.pt`` (relative to the cwd),
 - ``<config.json>/<checkpoint>``  a custom architecture: an open_clip model config JSON (``embed_dim``,
                               ``vision_cfg``, ``text_cfg``) + checkpoint, e.g. ``/m/tiny.json//m/tiny.pt``,
 - ``<folder>``                a folder holding ``open_clip_config.json`` + ``open_clip_model.safetensors`` (or .bin),
                               the layout open_clip pushes to the hub (open_clip's ``local-dir:``),
-- ``hf-hub:<org>/<repo>``     such a folder from the local Hugging Face cache.
+- ``hf-hub:<org>/<repo>``     such a folder from the Hugging Face cache (downloaded on first use unless offline).
 
 The encoder id is ``openclip:`` + the argument with every path made absolute, so it recreates the same model
 from any working directory.
@@ -18,6 +20,7 @@ from any working directory.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 from dataclasses import dataclass, field
@@ -33,15 +36,25 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
     from PIL import Image
 
+log = logging.getLogger(__name__)
+
 PREFIX = "openclip:"
 HUB_PREFIX = "hf-hub:"
 LOCAL_CONFIG = "open_clip_config.json"
 PREPROCESS_KEYS = ("mean", "std", "interpolation", "resize_mode")  # what a pretrained tag may override
-NO_NETWORK = "no network: pass a local checkpoint path, e.g. openclip:ViT-B-32//path/to/open_clip_pytorch_model.bin"
+OFFLINE_ENV = "HF_HUB_OFFLINE"  # huggingface_hub's own switch; `xsearch --offline` sets it
+TRUE_VALUES = ("1", "true", "yes", "on")
+HF_URL = "https://huggingface.co/{repo}/resolve/main/{file}"
+
+
+def is_offline(offline: bool | None = None) -> bool:
+    """``offline`` if given, else whether ``HF_HUB_OFFLINE`` is set to a true value."""
+    if offline is not None:
+        return offline
+    return os.environ.get(OFFLINE_ENV, "").strip().lower() in TRUE_VALUES
 
 
 def _open_clip() -> Any:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
         import open_clip
     except ImportError:
@@ -69,11 +82,12 @@ class Plan:
 
 
 # ---- argument parsing ---------------------------------------------------------------------------
-def resolve(arg: str) -> Plan:
-    """Turn the text after ``openclip:`` into a :class:`Plan` of local files; ``ModelLoadError`` if impossible."""
+def resolve(arg: str, offline: bool | None = None) -> Plan:
+    """Turn the text after ``openclip:`` into a :class:`Plan` of local files, downloading a pretrained tag's or hub
+    repo's weights on first use unless offline; ``ModelLoadError`` (one line) if impossible."""
     arg = arg.strip()
     if arg.startswith(HUB_PREFIX):
-        return Plan(PREFIX + arg, "local-dir:" + _hub_folder(arg[len(HUB_PREFIX):], arg))
+        return Plan(PREFIX + arg, "local-dir:" + _hub_folder(arg[len(HUB_PREFIX):], arg, is_offline(offline)))
     if arg.startswith("local-dir:"):
         arg = arg[len("local-dir:"):]
     if Path(arg).is_dir():
@@ -88,7 +102,7 @@ def resolve(arg: str) -> Plan:
     if not sep or not weights:
         raise ModelLoadError(f"openclip:{arg}: expected <architecture>/<pretrained tag or checkpoint path>, "
                              f"a config .json/<checkpoint> or a folder with {LOCAL_CONFIG}")
-    return _builtin_plan(arch, weights, arg)
+    return _builtin_plan(arch, weights, arg, is_offline(offline))
 
 
 def _folder_plan(folder: Path) -> Plan:
@@ -119,17 +133,14 @@ def _config_plan(config: Path, weights: str, arg: str) -> Plan:
     return Plan(f"{PREFIX}{config}/{ckpt}", name, checkpoint=ckpt, config_file=str(config))
 
 
-def _builtin_plan(arch: str, weights: str, arg: str) -> Plan:
+def _builtin_plan(arch: str, weights: str, arg: str, offline: bool) -> Plan:
     open_clip = _open_clip()
     if open_clip.get_model_config(arch) is None:
         raise ModelLoadError(f"openclip:{arg}: unknown open_clip architecture '{arch}' "
                              f"(see open_clip.list_models(), or pass a config .json)")
     tag_cfg = open_clip.get_pretrained_cfg(arch, weights)
     if tag_cfg:
-        local = _cached_tag_weights(tag_cfg)
-        if local is None:
-            raise ModelLoadError(f"openclip:{arg}: weights of pretrained tag '{weights}' are not in the local cache; "
-                                 f"{NO_NETWORK}")
+        local = _cached_tag_weights(tag_cfg) or _download_tag_weights(tag_cfg, arch, weights, arg, offline)
         preprocess = {k: tag_cfg[k] for k in PREPROCESS_KEYS if tag_cfg.get(k) is not None}
         return Plan(PREFIX + arg, arch, checkpoint=local, quick_gelu=bool(tag_cfg.get("quick_gelu", False)),
                     preprocess=preprocess)
@@ -176,14 +187,80 @@ def _cached_tag_weights(tag_cfg: dict[str, Any]) -> str | None:
     return None
 
 
-def _hub_folder(repo: str, arg: str) -> str:
-    try:
-        from huggingface_hub import snapshot_download
+def _tag_source(tag_cfg: dict[str, Any]) -> tuple[str, str]:
+    """(where a pretrained tag's weights come from, the file name to look for there)."""
+    hub = tag_cfg.get("hf_hub", "")
+    if hub:
+        repo, filename = os.path.split(hub)  # "org/repo/" (trailing slash): open_clip's default file name
+        filename = filename or "open_clip_pytorch_model.bin"
+        return HF_URL.format(repo=repo, file=filename), filename
+    url = tag_cfg.get("url", "")
+    return url, os.path.basename(url)
 
+
+def _unreachable(url: str, timeout: float = 5.0) -> str | None:
+    """Why ``url``'s server cannot be reached (one quick HEAD, proxies honoured), or None if it answers at all.
+
+    huggingface_hub retries a refused connection for ~25 s per file; this probe makes "no network" fail at once."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout).close()
+    except urllib.error.HTTPError:
+        return None  # the server answered (401/404/...): the network works, the download decides
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        return " ".join(str(getattr(exc, "reason", exc)).split())[:120] or type(exc).__name__
+    return None
+
+
+def _download_tag_weights(tag_cfg: dict[str, Any], arch: str, tag: str, arg: str, offline: bool) -> str:
+    """Download a pretrained tag's weights into the HF / open_clip cache with open_clip (progress bar on stderr)."""
+    url, filename = _tag_source(tag_cfg)
+    get_it = (f"download {url} and use openclip:{arch}//path/to/{filename}, or run once with network access "
+              f"(without HF_HUB_OFFLINE / --offline) to fill the cache")
+    if offline:
+        raise ModelLoadError(f"openclip:{arg}: weights of pretrained tag '{tag}' are not in the local cache and "
+                             f"downloads are off; {get_it}")
+    unreachable = _unreachable(url)
+    if unreachable:
+        raise ModelLoadError(f"openclip:{arg}: weights of pretrained tag '{tag}' are not in the local cache and "
+                             f"there is no network ({unreachable}); {get_it}")
+    log.info("openclip:%s: downloading the weights of pretrained tag '%s' (first use)", arg, tag)
+    try:
+        path = _open_clip().pretrained.download_pretrained(tag_cfg)  # HF cache (or ~/.cache/clip), tqdm bar
+    except Exception as exc:  # noqa: BLE001 - no network, HTTP errors, disk full: all one line for the user
+        reason = " ".join(str(exc).split())[:200]
+        raise ModelLoadError(f"openclip:{arg}: cannot download the weights of pretrained tag '{tag}' "
+                             f"({type(exc).__name__}: {reason}); {get_it}") from None
+    if not path or not os.path.isfile(path):
+        raise ModelLoadError(f"openclip:{arg}: download of pretrained tag '{tag}' gave no file; {get_it}")
+    return str(path)
+
+
+def _hub_folder(repo: str, arg: str, offline: bool) -> str:
+    """The local snapshot folder of an open_clip hub repo: from the HF cache, else downloaded unless offline."""
+    from huggingface_hub import hf_hub_download, snapshot_download
+
+    get_it = (f"download {LOCAL_CONFIG} and the weights from https://huggingface.co/{repo} into one folder and use "
+              f"openclip:/path/to/that/folder, or run once with network access (without HF_HUB_OFFLINE / --offline)")
+    try:
         folder = snapshot_download(repo, local_files_only=True)
-    except Exception as exc:  # noqa: BLE001 - any hub failure means "not cached"
-        raise ModelLoadError(f"openclip:{arg}: not in the local Hugging Face cache ({type(exc).__name__}); "
-                             f"{NO_NETWORK}") from None
+    except Exception:  # noqa: BLE001 - any hub failure means "not cached"
+        if offline:
+            raise ModelLoadError(f"openclip:{arg}: not in the local Hugging Face cache and downloads are off; "
+                                 f"{get_it}") from None
+        unreachable = _unreachable(HF_URL.format(repo=repo, file=LOCAL_CONFIG))
+        if unreachable:
+            raise ModelLoadError(f"openclip:{arg}: not in the local Hugging Face cache and there is no network "
+                                 f"({unreachable}); {get_it}") from None
+        try:
+            folder = os.path.dirname(hf_hub_download(repo, LOCAL_CONFIG))
+            _open_clip().pretrained.download_pretrained_from_hf(repo)  # safetensors weights if the repo has them
+        except Exception as exc:  # noqa: BLE001
+            reason = " ".join(str(exc).split())[:200]
+            raise ModelLoadError(f"openclip:{arg}: cannot download from the Hugging Face hub "
+                                 f"({type(exc).__name__}: {reason}); {get_it}") from None
     return str(_folder_plan(Path(folder)).model_name[len("local-dir:"):])
 
 
@@ -286,7 +363,8 @@ class OpenClipEncoder(Encoder):
         self._model = self._tokenizer = None
 
 
-def load(arg: str, device: str | None = None) -> OpenClipEncoder:
-    """Build the encoder ``openclip:<arg>`` (see the module docstring for the forms of ``arg``)."""
+def load(arg: str, device: str | None = None, offline: bool | None = None) -> OpenClipEncoder:
+    """Build the encoder ``openclip:<arg>`` (see the module docstring for the forms of ``arg``); ``offline=True``
+    (default: ``HF_HUB_OFFLINE``) never downloads."""
     _open_clip()
-    return OpenClipEncoder(resolve(arg), device)
+    return OpenClipEncoder(resolve(arg, offline), device)
