@@ -1,8 +1,11 @@
 """Retrieval quality and encode speed of encoders on the development sets; prints a markdown table.
 
-    .venv/bin/python benchmarks/bench_quality.py [--encoder NAME ...] [--data ../shared/data]
+    .venv/bin/python benchmarks/bench_quality.py [--encoder NAME ...] [--data ../shared/data] [--no-before]
 
-Uses only the public Encoder API (``xsearch.encoders.create``), so any registered encoder can be measured:
+Uses only the public Encoder API (``xsearch.encoders.create``), so any registered encoder can be measured.
+By default it measures ``xsearch-mini`` twice, side by side: ``xsearch-mini (ConSE only)`` is the same encoder
+with its trained image head switched off (``BridgeConfig(head=False)``: xsearch-mini v1's image vectors, the
+"before"), and ``xsearch-mini`` as shipped (the "after"). Text vectors are the same in both.
 - dev-photos: text->image R@1/5/10 for the 40 queries of queries.csv;
 - imagenet-dev: zero-shot tagging top-1/top-5 (images vs ``"a photo of a {name}."`` for the 1000 ImageNet
   names) and retrieval R@1/R@5 with the query ``"a photo of a {label}."``;
@@ -92,9 +95,21 @@ def throughput(enc, data: Path) -> dict[str, float]:
             f"encode texts/s ({len(captions)} captions)": len(captions) / (t2 - t1)}
 
 
+CONSE_ONLY = "xsearch-mini (ConSE only)"
+
+
+def build(name: str):
+    """The encoder behind a column name (``CONSE_ONLY``: xsearch-mini without its trained image head)."""
+    if name == CONSE_ONLY:
+        from xsearch.encoders.mini import BridgeConfig, XsearchMini
+
+        return XsearchMini(config=BridgeConfig(head=False))
+    return create(name)
+
+
 def measure(name: str, data: Path) -> dict[str, float]:
     t0 = time.perf_counter()
-    enc = create(name)
+    enc = build(name)
     out: dict[str, float] = {}
     for part in (dev_photos, imagenet_dev, flickr_dev, throughput):
         out.update(part(enc, data))
@@ -106,8 +121,11 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--encoder", action="append", help="encoder name (repeatable); default xsearch-mini")
     ap.add_argument("--data", type=Path, default=DATA, help="folder with dev-photos/, imagenet-dev/, flickr-dev/")
+    ap.add_argument("--no-before", action="store_true", help="skip the ConSE-only column of xsearch-mini")
     args = ap.parse_args(argv)
     names = args.encoder or ["xsearch-mini"]
+    if "xsearch-mini" in names and not args.no_before:
+        names.insert(names.index("xsearch-mini"), CONSE_ONLY)
     results = {name: measure(name, args.data) for name in names}
     metrics = list(next(iter(results.values())))
     rows = [[m] + [results[n].get(m, "-") for n in names] for m in metrics]

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from xsearch.encoders import create
+from xsearch.encoders import image_head, mini
 from xsearch.encoders.mini import BridgeConfig, XsearchMini, class_matrix, imagenet_classes
 from xsearch.errors import BadInput
 from xsearch.evaluate import recall_at_k, top_k_accuracy
@@ -18,6 +19,7 @@ from xsearch.media import load_image
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 DEV = DATA / "dev-photos"
 INET = DATA / "imagenet-dev"
+FLICKR = DATA / "flickr-dev"
 
 # Measured (benchmarks/bench_quality.py): dev-photos R@1 0.65 / R@5 0.875, imagenet-dev tagging top-1 0.83 / top-5 0.92.
 DEV_R1_FLOOR, DEV_R5_FLOOR = 0.5, 0.75
@@ -109,6 +111,44 @@ def test_imagenet_zero_shot_tagging_floor(enc):
     scores = enc.encode_images([INET / r["file"] for r in rows]) @ labels.T
     acc = top_k_accuracy(scores, [wnids.index(r["wnid"]) for r in rows], (1, 5))
     assert acc[1] >= TAG_TOP1_FLOOR and acc[5] >= TAG_TOP5_FLOOR, acc
+
+
+def test_image_head_ships_small_and_is_used(enc):
+    weights, config = image_head.files()
+    assert weights.stat().st_size < 5_000_000 and config.is_file()
+    assert isinstance(enc._image_head(), image_head.ImageHead)
+    assert XsearchMini(config=BridgeConfig(head=False))._image_head() is None
+    batch = torch.stack([enc.preprocess_image(_grey()), enc.preprocess_image(_grey((80, 200)))])
+    head_vecs, conse_vecs = enc.encode_image_batch(batch), XsearchMini(config=BridgeConfig(head=False)).encode_image_batch(batch)
+    _unit_rows(head_vecs, 2)
+    _unit_rows(conse_vecs, 2)
+    assert np.abs(head_vecs - conse_vecs).max() > 1e-3  # the head changes the vectors
+
+
+def test_fingerprint_names_the_shipped_weights(enc, tmp_path, monkeypatch):
+    fp = enc.fingerprint
+    assert fp.startswith("v2-") and len(fp) == 13 and fp == XsearchMini().fingerprint
+    assert XsearchMini(config=BridgeConfig(head=False)).fingerprint.startswith("conse-")
+    for path in mini.WEIGHTS_DIR.glob("*.safetensors"):
+        (tmp_path / path.name).write_bytes(path.read_bytes())
+    monkeypatch.setattr(mini, "WEIGHTS_DIR", tmp_path)
+    assert XsearchMini().fingerprint == fp  # same bytes, same fingerprint
+    (tmp_path / "audio_tower.safetensors").write_bytes(b"other weights")
+    assert XsearchMini().fingerprint not in (fp, enc.fingerprint.replace("v2-", "conse-"))
+
+
+@pytest.mark.needs_data
+def test_trained_head_beats_conse_on_flickr_captions(enc):
+    with open(FLICKR / "captions.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    files = list(dict.fromkeys(r["file"] for r in rows))[:40]
+    rows = [r for r in rows if r["file"] in files]
+    gt = np.array([files.index(r["file"]) for r in rows])
+    text = enc.encode_text([r["caption"] for r in rows])
+    conse = XsearchMini(config=BridgeConfig(head=False))
+    r_head = recall_at_k(text @ enc.encode_images([FLICKR / f for f in files]).T, gt, (1,))[1]
+    r_conse = recall_at_k(text @ conse.encode_images([FLICKR / f for f in files]).T, gt, (1,))[1]
+    assert r_head >= r_conse + 0.15 and r_head >= 0.5, (r_head, r_conse)
 
 
 def test_imagenet_labels():

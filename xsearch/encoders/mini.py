@@ -1,4 +1,4 @@
-"""xsearch-mini: the offline default encoder (MiniLM text + EfficientNet-Lite0 images bridged by ConSE), 384-d.
+"""xsearch-mini: the offline default encoder (MiniLM text + EfficientNet-Lite0 images: ConSE + a trained head), 384-d.
 
 Text: all-MiniLM-L6-v2 sentence embeddings, L2-normalised, unchanged (run by ``minilm.py``, a pure-torch BERT that
 matches sentence-transformers without importing it or transformers, or for a few texts in a process without torch
@@ -20,6 +20,13 @@ WordNet definition (data/imagenet_classes.tsv). Subtracting ``mean(K)`` (the cen
 vectors) removes the "generic photo" direction every image shares, which stops a few diffuse images from
 matching every query. ``K`` is computed once and cached in ``$XSEARCH_CACHE`` (default ``~/.cache/xsearch``)
 under a hash of the model files, the class file and the prompts.
+
+Trained image head (v2, ``image_head.py``): the same backbone pass also gives the 1280-d pooled features, and a
+small MLP trained on real photo-caption pairs (flickr8k-train, sports100; ``benchmarks/train_image.py``) adds a
+residual to the ConSE vector: ``out = normalise(prior * ConSE/|ConSE| + mlp(pooled))``. It is what lets captions
+about people and actions find their photos; a distillation term in its training keeps the ImageNet class
+knowledge. ``BridgeConfig(head=False)`` switches it off (plain ConSE, v1's vectors). ``XsearchMini.fingerprint``
+names the shipped weights, so collections can tell vectors of two versions apart.
 
 Tagging: ``encode_text([f"a photo of a {name}." for name in XsearchMini.imagenet_labels()])`` against image
 vectors ranks the ImageNet labels for an image (works the same way for any encoder and any label list).
@@ -58,6 +65,7 @@ log = logging.getLogger(__name__)
 ID = "xsearch-mini"
 DIM = 384
 CLASSES_FILE = Path(__file__).with_name("data") / "imagenet_classes.tsv"
+WEIGHTS_DIR = Path(__file__).with_name("weights")  # image_head.* (benchmarks/train_image.py), audio_tower.*
 CACHE_FORMAT = 1  # bump when the way the class matrix is built changes
 
 
@@ -75,6 +83,7 @@ class BridgeConfig:
     top_t: int = 50
     temperature: float = 1.5
     centre: bool = True
+    head: bool = True  # the trained image head on top of ConSE (False: plain ConSE, xsearch-mini v1's vectors)
     resize: int = 256  # shorter side before the centre crop
     crop: int = 224
     mean: float = 127.0 / 255.0  # TF-Lite normalisation of EfficientNet-Lite
@@ -160,7 +169,7 @@ class ImagePreprocess:
 
 
 class XsearchMini(Encoder):
-    """MiniLM text + EfficientNet-Lite0 ConSE image bridge, one 384-d space; towers load lazily."""
+    """MiniLM text + EfficientNet-Lite0 images (ConSE + trained head), one 384-d space; towers load lazily."""
 
     id = ID
     dim = DIM
@@ -178,6 +187,8 @@ class XsearchMini(Encoder):
         self._image_model: Any = None
         self._class_matrix: Any = None  # torch tensor (1000, 384) on the device
         self._class_mean: Any = None
+        self._head: Any = None  # the trained image head, or False when there is none / it is switched off
+        self._fingerprint: str | None = None
 
     @property
     def modalities(self) -> frozenset[str]:  # type: ignore[override]
@@ -208,13 +219,12 @@ class XsearchMini(Encoder):
         return self._preprocess(image)
 
     def encode_image_batch(self, batch: "torch.Tensor") -> np.ndarray:
-        logits, _ = self._backbone(batch)
-        return self._bridge(logits)
+        return self._embed(batch)[0]
 
     def encode_image_features(self, batch: "torch.Tensor") -> tuple[np.ndarray, np.ndarray]:
         """One backbone pass: (embeddings (n, 384), EfficientNet global-pooled features (n, 1280))."""
-        logits, pooled = self._backbone(batch)
-        return self._bridge(logits), pooled.float().cpu().numpy()
+        vecs, pooled = self._embed(batch)
+        return vecs, pooled.float().cpu().numpy()
 
     def class_probabilities(self, batch: "torch.Tensor", temperature: float = 1.0) -> "torch.Tensor":
         """Softmax(logits / temperature) of the ImageNet classifier for a preprocessed batch, (n, 1000)."""
@@ -237,21 +247,34 @@ class XsearchMini(Encoder):
             pooled = model.extract_features(x).mean(dim=(2, 3))
             return model._fc(pooled).float(), pooled.float()  # eval mode: the classifier's dropout is a no-op
 
-    def _bridge(self, logits: "torch.Tensor") -> np.ndarray:
-        """ConSE: top-T softmax weights times class vectors, centred, L2-normalised."""
+    def _embed(self, batch: "torch.Tensor") -> tuple[np.ndarray, "torch.Tensor"]:
+        """One backbone pass -> (image vectors, pooled features): the trained head on (pooled, ConSE) when it is
+        used, else plain ConSE."""
         import torch
 
+        logits, pooled = self._backbone(batch)
         if logits.shape[0] == 0:
-            return np.zeros((0, self.dim), np.float32)
+            return np.zeros((0, self.dim), np.float32), pooled
         classes, mean = self._classes()
+        head = self._image_head()
         with torch.inference_mode():
-            probs = torch.softmax(logits / self.config.temperature, dim=1)
-            top = torch.topk(probs, min(self.config.top_t, probs.shape[1]), dim=1)
-            weights = top.values / top.values.sum(dim=1, keepdim=True)
-            vec = torch.einsum("nt,ntd->nd", weights, classes[top.indices])
-            if self.config.centre:
-                vec = vec - mean
-        return l2_normalize(vec.float().cpu().numpy())
+            vec = conse(logits, classes, mean if self.config.centre else None, self.config)
+            if head is not None:
+                vec = head(pooled, torch.nn.functional.normalize(vec, dim=-1))
+        return l2_normalize(vec.float().cpu().numpy()), pooled
+
+    @property
+    def fingerprint(self) -> str:
+        """Short id of the shipped weights that shape the vectors (image head, audio tower); computed once."""
+        with self._lock:
+            if self._fingerprint is None:
+                names = ["image_head.safetensors"] if self.config.head else []
+                h = hashlib.sha256()
+                for name in [*names, "audio_tower.safetensors"]:
+                    path = WEIGHTS_DIR / name
+                    h.update(name.encode() + (path.read_bytes() if path.is_file() else b"missing"))
+                self._fingerprint = ("v2-" if self.config.head else "conse-") + h.hexdigest()[:10]
+            return self._fingerprint
 
     # ---- audio -------------------------------------------------------------------------------
     def encode_audio(self, clips: Sequence[AudioInput], batch_size: int = 16) -> np.ndarray:
@@ -272,6 +295,14 @@ class XsearchMini(Encoder):
                 self._image_model = load_efficientnet(self.device)
             return self._image_model
 
+    def _image_head(self) -> Any:
+        with self._lock:
+            if self._head is None:
+                from . import image_head
+
+                self._head = (image_head.load(device=self.device) if self.config.head else None) or False
+            return None if self._head is False else self._head
+
     def _classes(self) -> tuple["torch.Tensor", "torch.Tensor"]:
         import torch
 
@@ -290,6 +321,17 @@ class XsearchMini(Encoder):
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._init_state()
+
+
+def conse(logits: "torch.Tensor", classes: "torch.Tensor", mean: "torch.Tensor | None", config: BridgeConfig) -> "torch.Tensor":
+    """ConSE, not normalised: top-T softmax weights times class vectors, minus ``mean`` (when given)."""
+    import torch
+
+    probs = torch.softmax(logits / config.temperature, dim=1)
+    top = torch.topk(probs, min(config.top_t, probs.shape[1]), dim=1)
+    weights = top.values / top.values.sum(dim=1, keepdim=True)
+    vec = torch.einsum("nt,ntd->nd", weights, classes[top.indices])
+    return vec - mean if mean is not None else vec
 
 
 # ---- model loading ------------------------------------------------------------------------------
