@@ -1,4 +1,7 @@
-"""Benchmark the shipped audio tower: held-out generated split + real recordings from Debian packages.
+"""Benchmark the audio tower, old (from git history) vs new (shipped), through the full AudioTower.encode path.
+
+Sets: the real-audio held-out groups (UrbanSound8K fold10, Kitchen20 fold1, held-out Speech Commands speakers; see
+real_audio.py), the held-out generated split of make_audio_data.py, and the real Debian recordings below.
 
 Real recordings (hand-labelled below; none of them generated here):
   alsa-utils               /usr/share/sounds/alsa/*.wav       (a human voice: "Front Left", ... + Noise.wav)
@@ -9,22 +12,25 @@ Real recordings (hand-labelled below; none of them generated here):
 Missing files are skipped (the table says how many were found).
 
   apt-get install -y --no-install-recommends alsa-utils asterisk-core-sounds-en-wav sound-theme-freedesktop
-  .venv/bin/python benchmarks/bench_audio.py --data benchmarks/_data/audio
+  python benchmarks/bench_audio.py --data benchmarks/_data/audio --real ../shared/data/real-audio
 """
 from __future__ import annotations
 
 import argparse
 import glob
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 from audio_eval import label_matrix, print_table, read_captions, retrieval, text_embed, zero_shot  # noqa: E402
 from make_audio_data import PHRASES, WORDS  # noqa: E402
+from real_audio import read_rows, real_metrics  # noqa: E402
 from xsearch.encoders.audio import AudioTower  # noqa: E402
 
 ALSA = "/usr/share/sounds/alsa"
@@ -59,6 +65,28 @@ REAL: list[tuple[str, str, tuple[str, ...], str]] = [
       for p in sorted(glob.glob("/root/.pyenv/versions/3.11*/lib/python3.11/test/audiodata/pluck-pcm16.wav")
                       + glob.glob("/usr/lib/python3*/test/audiodata/pluck-pcm16.wav"))[:1]],
 ]
+
+
+OLD_REV = "d38261d"  # the last commit with the synthetic-only tower (md5 9c28249e...)
+
+
+def old_tower(rev: str, folder: Path) -> Path:
+    """The tower shipped at git ``rev``, written to ``folder`` (safetensors + json)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for ext in ("safetensors", "json"):
+        blob = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:xsearch/encoders/weights/audio_tower.{ext}"],
+                              check=True, capture_output=True).stdout
+        (folder / f"audio_tower.{ext}").write_bytes(blob)
+    return folder / "audio_tower.safetensors"
+
+
+def real_held_out(tower: AudioTower, root: str) -> list[tuple[str, dict]]:
+    """Tagging top-1 over each source's labels and text->audio R@k on the held-out groups (never trained on)."""
+    rows = [r for r in read_rows(root) if r["split"] == "test"]
+    t0 = time.time()
+    emb = tower.encode([r["path"] for r in rows])
+    print(f"encoded {len(rows)} held-out real clips in {time.time() - t0:.1f}s", flush=True)
+    return real_metrics(emb, rows)
 
 
 def held_out(tower: AudioTower, data: str) -> list[tuple[str, dict]]:
@@ -106,16 +134,32 @@ def real(tower: AudioTower, labels: list[str]) -> tuple[list, list, list]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default="benchmarks/_data/audio")
+    ap.add_argument("--real", default=str(ROOT.parent / "shared" / "data" / "real-audio"))
     ap.add_argument("--weights", default=None, help="safetensors file (default: the shipped tower)")
+    ap.add_argument("--old", default=OLD_REV, help="git revision of the tower to compare with ('' for none)")
+    ap.add_argument("--detail", action="store_true", help="list the Debian clips' top-3 labels")
     args = ap.parse_args()
-    tower = AudioTower.load(args.weights) if args.weights else AudioTower.load()
-    ret, zs, labels = held_out(tower, args.data)
-    rret, rzs, detail = real(tower, labels)
-    print_table("retrieval R@k (duplicate captions merged)", ret + rret)
-    print_table("zero-shot tagging accuracy", zs + rzs)
-    print("\n### real clips: truth -> top-3 predicted labels\n")
-    for name, truth, top in detail:
-        print(f"- {name}: {truth} -> {', '.join(top)}")
+    torch.set_num_threads(1)
+    towers = [("new", AudioTower.load(args.weights) if args.weights else AudioTower.load())]
+    if args.old:
+        towers.insert(0, (f"old ({args.old})", AudioTower.load(old_tower(args.old, ROOT / "benchmarks/_data/old_tower"))))
+    real_rows, ret_rows, zs_rows, details = [], [], [], {}
+    for name, tower in towers:
+        if Path(args.real).exists():
+            real_rows += [(f"{name}: {src}", m) for src, m in real_held_out(tower, args.real)]
+        ret, zs, labels = held_out(tower, args.data)
+        rret, rzs, details[name] = real(tower, labels)
+        ret_rows += [(f"{name}: {k}", m) for k, m in ret + rret]
+        zs_rows += [(f"{name}: {k}", m) for k, m in zs + rzs]
+    if real_rows:
+        print_table("real-audio held-out groups: tagging over each source's labels, text->audio R@k", real_rows)
+    print_table("retrieval R@k (duplicate captions merged)", ret_rows)
+    print_table("zero-shot tagging accuracy", zs_rows)
+    if args.detail:
+        for name, detail in details.items():
+            print(f"\n### {name}: Debian clips, truth -> top-3 predicted labels\n")
+            for clip, truth, top in detail:
+                print(f"- {clip}: {truth} -> {', '.join(top)}")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
 """Audio tower: log-mel, resampling, windowing, shipped weights, decoding errors, a retrieval floor."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -233,3 +235,73 @@ def test_compressed_formats_decode_and_embed(tower: AudioTower, tmp_path, ext: s
     assert sr == 44_100 and abs(len(wave) - int(1.5 * sr)) < 0.1 * sr
     emb = tower.encode([str(path), (tone(440, 1.5), SR)])
     assert emb[0] @ emb[1] > 0.9
+
+
+# ---- the six-sound check: rendered here with the Debian tools, indexed with photos into a real collection -----
+SOUNDFONT = "/usr/share/sounds/sf2/FluidR3_GM.sf2"
+SIX_QUERIES = {"violin.wav": "a violin", "piano.wav": "a piano", "trumpet.wav": "a trumpet",
+               "noise.wav": "white noise", "beep.wav": "a beep", "speech.wav": "a person speaking"}
+
+
+def _midi_note(path, program: int, pitch: int = 69, seconds: float = 2.0) -> None:
+    """A type-0 MIDI file: one program change and one note held for ``seconds`` (120 bpm, 480 ticks/beat)."""
+    import struct
+
+    ticks = int(seconds * 960)
+    vlq = bytes([0x80 | (ticks >> 7), ticks & 0x7F])  # variable-length delta (ticks < 16384)
+    track = (b"\x00\xc0" + bytes([program]) + b"\x00\x90" + bytes([pitch, 100])
+             + vlq + b"\x80" + bytes([pitch, 0]) + b"\x00\xff\x2f\x00")
+    path.write_bytes(b"MThd" + struct.pack(">IHHH", 6, 0, 1, 480) + b"MTrk" + struct.pack(">I", len(track)) + track)
+
+
+def _render_six(folder) -> None:
+    """violin/piano/trumpet (GM 40/0/56, A4, 2 s, fluidsynth -g 1.0, 16 kHz), white noise, a 1 kHz beep, a sentence."""
+    import shutil
+    import subprocess
+
+    missing = [t for t in ("fluidsynth", "sox", "espeak-ng") if not shutil.which(t)]
+    if missing or not Path(SOUNDFONT).exists():
+        pytest.skip(f"six-sound check needs {', '.join(missing) or SOUNDFONT} (apt-get install fluidsynth "
+                    "fluid-soundfont-gm sox espeak-ng)")
+    run = lambda *cmd: subprocess.run(cmd, check=True, capture_output=True)  # noqa: E731
+    for name, program in (("violin", 40), ("piano", 0), ("trumpet", 56)):
+        _midi_note(folder / f"{name}.mid", program)
+        run("fluidsynth", "-ni", "-q", "-g", "1.0", "-r", "16000", "-F", str(folder / f"{name}.raw.wav"), SOUNDFONT,
+            str(folder / f"{name}.mid"))
+        wave, sr = sf.read(folder / f"{name}.raw.wav", dtype="float32", always_2d=True)
+        sf.write(folder / f"{name}.wav", wave.mean(axis=1)[: 2 * sr], sr)
+        (folder / f"{name}.raw.wav").unlink()
+        (folder / f"{name}.mid").unlink()
+    run("sox", "-R", "-n", "-r", "16000", "-c", "1", str(folder / "noise.wav"), "synth", "2", "whitenoise", "vol", "0.3")
+    run("sox", "-R", "-n", "-r", "16000", "-c", "1", str(folder / "beep.wav"), "synth", "1", "sine", "1000")
+    run("espeak-ng", "-w", str(folder / "speech.wav"), "The weather is nice today, let us go for a walk in the park.")
+
+
+def _three_photos(folder) -> None:
+    """Three dev photos when present, else three generated pictures."""
+    from PIL import Image
+
+    dev = Path(__file__).resolve().parents[2] / "shared" / "data" / "dev-photos"
+    names = ["chelsea.jpg", "coffee.jpg", "rocket.jpg"]
+    for i, name in enumerate(names):
+        if (dev / name).exists():
+            (folder / name).write_bytes((dev / name).read_bytes())
+        else:
+            grid = np.indices((96, 96)).sum(axis=0) * (i + 1) % 256
+            Image.fromarray(np.stack([grid, grid[::-1], grid.T], axis=-1).astype(np.uint8)).save(folder / name)
+
+
+@pytest.mark.slow
+def test_six_sounds_come_back_first_for_their_words(mini, tmp_path) -> None:
+    from xsearch import Collection
+
+    folder = tmp_path / "media"
+    folder.mkdir()
+    _render_six(folder)
+    _three_photos(folder)
+    with Collection.open(tmp_path / "home", "six", encoder=mini, create=True) as col:
+        report = col.add(folder)
+        assert not report.skipped
+        firsts = {query: Path(col.search(text=query, k=1, modality="audio")[0].path).name for query in SIX_QUERIES.values()}
+    right = [q for name, q in SIX_QUERIES.items() if firsts[q] == name]
+    assert len(right) >= 5, firsts
