@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine, photo_folder, table  # noqa: E402
 
 from xsearch import Collection  # noqa: E402
-from xsearch.batching import default_workers  # noqa: E402
+from xsearch.engine.batching import default_workers  # noqa: E402
 from xsearch.encoders import create  # noqa: E402
 from xsearch.media import load_image  # noqa: E402
 

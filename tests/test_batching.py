@@ -1,9 +1,9 @@
-"""Decode-worker and inference-thread choice by core count (xsearch/batching.py)."""
+"""Decode-worker and inference-thread choice by core count (xsearch/engine/batching.py)."""
 from __future__ import annotations
 
 import pytest
 
-from xsearch import batching
+from xsearch.engine import batching
 
 
 @pytest.mark.parametrize("cores, device, workers", [
