@@ -1,6 +1,7 @@
 """Contrastive trainer: loss values, heads, manifests, a training run that must learn, save/load, CLI."""
 from __future__ import annotations
 
+import copy
 import json
 import math
 import sys
@@ -291,6 +292,10 @@ def test_train_pipeline_saves_an_encoder_that_reloads_identically(toy_manifest, 
     enc = registry.create(res.encoder, cache=False)
     again = registry.create(f"align:{out}", cache=False)
     assert enc.id == res.encoder and enc.dim == 16 and enc.modalities == {"image", "text"}
+    assert enc.fingerprint == again.fingerprint == ""  # the toy base is unversioned
+    enc.base = copy.copy(enc.base)
+    enc.base.fingerprint = "v9-base"  # new base weights: collections built with the old ones must re-embed
+    assert enc.fingerprint == "v9-base"
     texts = ["red left blue right", "white on the right, black on the left"]
     images = sorted(str(p) for p in (toy_manifest.parent / "img").glob("*.png"))[:5]
     pairs = ((enc.encode_text(texts), again.encode_text(texts)), (enc.encode_images(images), again.encode_images(images)))

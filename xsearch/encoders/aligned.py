@@ -104,6 +104,11 @@ class AlignedEncoder(Encoder):
         for h in heads.values():
             h.module.eval()
 
+    @property
+    def fingerprint(self) -> str:  # type: ignore[override]
+        """The base encoder's: new base weights change every vector, so collections built before must re-embed."""
+        return self.base.fingerprint
+
     def _apply(self, modality: str, feats: np.ndarray) -> np.ndarray:
         import torch
 
