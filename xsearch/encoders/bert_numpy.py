@@ -252,17 +252,17 @@ def pool(tokens: np.ndarray, mask: np.ndarray, modes: Sequence[str]) -> np.ndarr
     return np.concatenate(parts, axis=1)
 
 
-class NumpySentenceEncoder:
-    """A BERT sentence-transformers folder as ``encode(texts, batch_size) -> (n, d)`` unit float32 rows, no torch."""
+class SentenceFolder:
+    """What the numpy and the torch BERT sentence encoders share: the folder's config, tokenizer, pooling, width."""
 
-    def __init__(self, folder: str | Path) -> None:
+    def __init__(self, folder: str | Path, build: Callable[[BertConfig], Any]) -> None:
         self.folder = Path(folder)
         try:
             cfg = BertConfig.from_file(self.folder / "config.json")
             self.max_length = max_seq_length(self.folder, cfg)
             self.modes = pooling_modes(self.folder)
             self.tokenizer = load_tokenizer(self.folder, self.max_length)
-            self.model = NumpyBert(cfg, load_weights(self.folder))
+            self.model = build(cfg)
         except (ModelLoadError, MissingDependency):
             raise
         except Exception as exc:  # noqa: BLE001 - any loader failure means unusable model files
@@ -277,6 +277,13 @@ class NumpySentenceEncoder:
     def tokenize(self, texts: Sequence[str]) -> list[Any]:
         """One ``tokenizers.Encoding`` per text ([CLS] ... [SEP], truncated)."""
         return self.tokenizer.encode_batch(list(texts))
+
+
+class NumpySentenceEncoder(SentenceFolder):
+    """A BERT sentence-transformers folder as ``encode(texts, batch_size) -> (n, d)`` unit float32 rows, no torch."""
+
+    def __init__(self, folder: str | Path) -> None:
+        super().__init__(folder, lambda cfg: NumpyBert(cfg, load_weights(Path(folder))))
 
     def _embed(self, encodings: Sequence[Any]) -> np.ndarray:
         """Pooled, L2-normalised vectors of one batch padded to its longest text, (n, d) float32."""

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import MissingDependency, ModelLoadError
-from .bert_numpy import IGNORED_WEIGHTS, BertConfig, load_tokenizer, max_seq_length, pooling_modes
+from .bert_numpy import IGNORED_WEIGHTS, BertConfig, SentenceFolder
 
 ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "gelu": F.gelu,
@@ -184,34 +184,20 @@ def load_weights(folder: Path) -> dict[str, torch.Tensor]:
     return {k: v for k, v in state.items() if not k.startswith(IGNORED_WEIGHTS)}
 
 
-class SentenceEncoder:
+def _loaded_bert(cfg: BertConfig, folder: Path) -> "Bert":
+    """A ``Bert`` with the folder's weights (strict: every tensor must match)."""
+    model = Bert(cfg)
+    model.load_state_dict(load_weights(folder), strict=True)
+    return model
+
+
+class SentenceEncoder(SentenceFolder):
     """A BERT sentence-transformers folder as ``encode(texts, batch_size) -> (n, d)`` unit float32 rows."""
 
     def __init__(self, folder: str | Path, device: str = "cpu") -> None:
-        self.folder = Path(folder)
+        super().__init__(folder, lambda cfg: _loaded_bert(cfg, Path(folder)))
         self.device = device
-        try:
-            cfg = BertConfig.from_file(self.folder / "config.json")
-            self.max_length = max_seq_length(self.folder, cfg)
-            self.modes = pooling_modes(self.folder)
-            self.tokenizer = load_tokenizer(self.folder, self.max_length)
-            self.model = Bert(cfg)
-            self.model.load_state_dict(load_weights(self.folder), strict=True)
-        except (ModelLoadError, MissingDependency):
-            raise
-        except Exception as exc:  # noqa: BLE001 - any loader failure means unusable model files
-            raise ModelLoadError(f"{self.folder}: cannot load the BERT sentence encoder ({exc})") from None
         self.model.eval().to(device)
-        self.pad_id = cfg.pad_token_id
-
-    @property
-    def dim(self) -> int:
-        """Width of the sentence vectors."""
-        return self.model.config.hidden_size * len(self.modes)
-
-    def tokenize(self, texts: Sequence[str]) -> list[Any]:
-        """One ``tokenizers.Encoding`` per text ([CLS] ... [SEP], truncated)."""
-        return self.tokenizer.encode_batch(list(texts))
 
     def _batch_tensors(self, encodings: Sequence[Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Pad encodings to their longest: ids, type ids and attention mask, (n, L) int64 on the device."""
