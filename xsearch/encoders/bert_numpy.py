@@ -278,6 +278,28 @@ class SentenceFolder:
         """One ``tokenizers.Encoding`` per text ([CLS] ... [SEP], truncated)."""
         return self.tokenizer.encode_batch(list(texts))
 
+    def _running(self) -> ContextManager[Any]:
+        """The context the forward passes run in (one BLAS thread, or torch's inference mode)."""
+        return nullcontext()
+
+    def _embed(self, encodings: Sequence[Any]) -> np.ndarray:
+        """Pooled, L2-normalised vectors of one padded batch, (n, d) float32."""
+        raise NotImplementedError
+
+    def encode(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        """(n, d) float32 unit vectors; texts are batched by token length and returned in input order."""
+        if not texts:
+            return np.zeros((0, self.dim), np.float32)
+        encodings = self.tokenize(texts)
+        order = sorted(range(len(encodings)), key=lambda i: len(encodings[i].ids), reverse=True)
+        out = np.empty((len(encodings), self.dim), np.float32)
+        step = max(1, batch_size)
+        with self._running():
+            for start in range(0, len(order), step):
+                chunk = order[start : start + step]
+                out[chunk] = self._embed([encodings[i] for i in chunk])
+        return out
+
 
 class NumpySentenceEncoder(SentenceFolder):
     """A BERT sentence-transformers folder as ``encode(texts, batch_size) -> (n, d)`` unit float32 rows, no torch."""
@@ -296,19 +318,8 @@ class NumpySentenceEncoder(SentenceFolder):
         pooled = pool(self.model(ids, types, mask), mask, self.modes)
         return pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
 
-    def encode(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
-        """(n, d) float32 unit vectors; texts are batched by token length and returned in input order."""
-        if not texts:
-            return np.zeros((0, self.dim), np.float32)
-        encodings = self.tokenize(texts)
-        order = sorted(range(len(encodings)), key=lambda i: len(encodings[i].ids), reverse=True)
-        out = np.empty((len(encodings), self.dim), np.float32)
-        step = max(1, batch_size)
-        with one_blas_thread():
-            for start in range(0, len(order), step):
-                chunk = order[start : start + step]
-                out[chunk] = self._embed([encodings[i] for i in chunk])
-        return out
+    def _running(self) -> ContextManager[Any]:
+        return one_blas_thread()
 
 
 def one_blas_thread() -> ContextManager[Any]:

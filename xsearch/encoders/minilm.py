@@ -9,7 +9,7 @@ match ``SentenceTransformer(folder).encode(texts, normalize_embeddings=True)`` t
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, ContextManager, Sequence
 
 import numpy as np
 import torch
@@ -210,21 +210,11 @@ class SentenceEncoder(SentenceFolder):
             ids[row, :n], types[row, :n], mask[row, :n] = torch.tensor(e.ids), torch.tensor(e.type_ids), 1
         return ids.to(self.device), types.to(self.device), mask.to(self.device)
 
-    def _embed(self, encodings: Sequence[Any]) -> torch.Tensor:
-        """Pooled, L2-normalised vectors of one batch, (n, d) float32 on the device."""
+    def _running(self) -> ContextManager[Any]:
+        return torch.inference_mode()
+
+    def _embed(self, encodings: Sequence[Any]) -> np.ndarray:
+        """Pooled, L2-normalised vectors of one batch, (n, d) float32."""
         ids, types, mask = self._batch_tensors(encodings)
         pooled = pool(self.model(ids, types, mask), mask, self.modes)
-        return F.normalize(pooled.float(), p=2, dim=1)
-
-    def encode(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
-        """(n, d) float32 unit vectors; texts are batched by token length and returned in input order."""
-        if not texts:
-            return np.zeros((0, self.dim), np.float32)
-        encodings = self.tokenize(texts)
-        order = sorted(range(len(encodings)), key=lambda i: len(encodings[i].ids), reverse=True)
-        out = np.empty((len(encodings), self.dim), np.float32)
-        with torch.inference_mode():
-            for start in range(0, len(order), max(1, batch_size)):
-                chunk = order[start:start + max(1, batch_size)]
-                out[chunk] = self._embed([encodings[i] for i in chunk]).cpu().numpy()
-        return out
+        return F.normalize(pooled.float(), p=2, dim=1).cpu().numpy()
