@@ -138,21 +138,6 @@ def _print_report(col, report, quiet: bool, as_json: bool) -> None:
         err.print(f"note: the collection has outgrown its {col.index_spec.kind} index; run `xsearch reindex -c {col.name}`")
 
 
-def _parse_weights(spec: Optional[str]) -> Optional[dict]:
-    if not spec:
-        return None
-    weights = {}
-    for part in spec.split(","):
-        name, sep, value = part.partition("=")
-        try:
-            weights[name.strip()] = float(value)
-        except ValueError:
-            raise BadInput(f"--weights '{spec}': expected e.g. text=0.3,image=0.7") from None
-        if not sep or name.strip() not in ("text", "image", "audio"):
-            raise BadInput(f"--weights '{spec}': expected e.g. text=0.3,image=0.7")
-    return weights
-
-
 @command()
 def query(
     text: Optional[str] = typer.Argument(None, help="Text query (text→image by default)."),
@@ -172,7 +157,7 @@ def query(
     as_json: bool = JsonOpt,
 ) -> None:
     """Search a collection with text, an image, audio, or a weighted mix of them."""
-    from .engine import Collection, Filters
+    from .engine import Collection, Filters, parse_weights
 
     if k < 1:
         raise BadInput(f"-k must be at least 1 (got {k})")
@@ -184,7 +169,7 @@ def query(
         if file is not None:
             _query_file(col, file, k, filters)
             return
-        hits = col.search(text=text, image=image, audio=audio, k=k, weights=_parse_weights(weights), filters=filters)
+        hits = col.search(text=text, image=image, audio=audio, k=k, weights=parse_weights(weights, "--weights"), filters=filters)
         _print_hits(hits, as_json)
     global _skip_teardown
     _skip_teardown = True

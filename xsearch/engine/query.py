@@ -14,6 +14,22 @@ from ..errors import BadInput
 MODALITIES = ("image", "text", "audio")
 
 
+def parse_weights(spec: str | None, label: str = "weights") -> dict[str, float] | None:
+    """``"text=0.3,image=0.7"`` -> ``{"text": 0.3, "image": 0.7}`` for a fused query (None when empty)."""
+    if not spec:
+        return None
+    weights = {}
+    for part in spec.split(","):
+        name, sep, value = part.partition("=")
+        try:
+            weights[name.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or name.strip() not in MODALITIES:
+            raise BadInput(f"{label} '{spec}': expected e.g. text=0.3,image=0.7")
+    return weights
+
+
 def _strings(values: str | os.PathLike[str] | Iterable | None) -> tuple[str, ...]:
     if values is None:
         return ()

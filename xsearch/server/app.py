@@ -18,7 +18,7 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
-from ..engine import TAG_TEMPLATES, Filters
+from ..engine import TAG_TEMPLATES, Filters, parse_weights
 from ..errors import BadInput, MissingItem
 from . import funnel
 from .funnel import Forbidden, Unauthorized
@@ -221,7 +221,7 @@ def _api(library: Library, thumbs: ThumbCache, settings: Settings) -> APIRouter:
             raise BadInput("POST /api/search needs an image or audio file (multipart), and/or q")
         handle = library.get(args.collection)
         with staged(files) as paths:
-            query = dict(text=q or None, weights=_weights(weights), **paths)
+            query = dict(text=q or None, weights=parse_weights(weights), **paths)
             shown = {"text": q, "image": files.get("image", (None,))[0], "audio": files.get("audio", (None,))[0]}
             return _search(handle, args, query, {k: v for k, v in shown.items() if v})
 
@@ -299,21 +299,6 @@ def _read(upload: UploadFile) -> bytes:
     if len(data) > MAX_UPLOAD_BYTES:
         raise PayloadTooLarge(f"upload '{upload.filename}': over the limit ({MAX_UPLOAD_BYTES:,} bytes)")
     return data
-
-
-def _weights(spec: Optional[str]) -> Optional[dict[str, float]]:
-    if not spec:
-        return None
-    out = {}
-    for part in spec.split(","):
-        name, sep, value = part.partition("=")
-        try:
-            out[name.strip()] = float(value)
-        except ValueError:
-            sep = ""
-        if not sep or name.strip() not in ("text", "image", "audio"):
-            raise BadInput(f"weights '{spec}': expected e.g. text=0.3,image=0.7")
-    return out
 
 
 def _search(handle: Handle, args: SearchArgs, query: dict[str, Any], shown: dict) -> dict:
