@@ -17,10 +17,10 @@ LABEL_PROMPTS = {  # zero-shot prompt overrides; other labels use "the sound of 
 }
 
 
-def read_captions(data: str | Path) -> list[dict]:
-    """Rows of ``captions.csv`` with ``path`` resolved."""
+def read_captions(data: str | Path, table: str = "captions.csv") -> list[dict]:
+    """Rows of ``table`` (a CSV with a ``file`` column) with ``path`` resolved."""
     data = Path(data)
-    with open(data / "captions.csv", newline="") as fh:
+    with open(data / table, newline="") as fh:
         rows = list(csv.DictReader(fh))
     for r in rows:
         r["path"] = str(data / r["file"])

@@ -6,14 +6,13 @@ UrbanSound8K fold1, Kitchen20 fold2 and speakers whose sha1 is 2 or 3 mod 10. Ev
 """
 from __future__ import annotations
 
-import csv
 import hashlib
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from audio_eval import text_embed, zero_shot
+from audio_eval import read_captions, text_embed, zero_shot
 
 TEST_GROUPS = {"urbansound8k": {"fold10"}, "kitchen20": {"fold1"}}
 VAL_GROUPS = {"urbansound8k": {"fold1"}, "kitchen20": {"fold2"}}
@@ -98,11 +97,8 @@ def tag_prompt(source: str, label: str) -> str:
 
 def read_rows(root: str | Path) -> list[dict]:
     """labels.csv rows with ``path`` and ``split`` added (file order)."""
-    root = Path(root)
-    with open(root / "labels.csv", newline="") as fh:
-        rows = list(csv.DictReader(fh))
+    rows = read_captions(root, "labels.csv")
     for r in rows:
-        r["path"] = str(root / r["file"])
         r["split"] = split_of(r)
     return rows
 
