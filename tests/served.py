@@ -74,6 +74,17 @@ def build_collection(home: Path, folder: Path, encoder, name: str = "gen") -> No
         col.tag(["red", "blue", "green", "yellow", "black and white"], k=1)
 
 
+def build_home(root: Path, encoder) -> tuple[Path, Path]:
+    """A generated media folder under ``root`` and a home with collection 'gen' plus a copy 'gen2' (the switcher)."""
+    import shutil
+
+    folder = make_folder(root)
+    home = root / "home"
+    build_collection(home, folder, encoder)
+    shutil.copytree(home / "gen", home / "gen2")
+    return home, folder
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

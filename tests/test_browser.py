@@ -21,7 +21,7 @@ from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
 
 from conftest import DEV_PHOTOS  # noqa: E402
-from served import LiveServer, build_collection, make_folder  # noqa: E402
+from served import LiveServer, build_home  # noqa: E402
 from xsearch.server import create_app  # noqa: E402
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
@@ -39,11 +39,7 @@ def shots(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def site(tmp_path_factory, mini):
     """A live server over a generated collection 'gen' and a copy 'gen2'."""
-    root = tmp_path_factory.mktemp("site")
-    folder = make_folder(root)
-    home = root / "home"
-    build_collection(home, folder, mini)
-    shutil.copytree(home / "gen", home / "gen2")
+    home, folder = build_home(tmp_path_factory.mktemp("site"), mini)
     with LiveServer(create_app(home, ["gen", "gen2"])) as server:
         server.wait_ready()
         server.folder = folder

@@ -21,7 +21,7 @@ from PIL import Image
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
-from served import build_collection, make_folder, picture  # noqa: E402
+from served import build_collection, build_home, make_folder, picture  # noqa: E402
 from xsearch import Collection  # noqa: E402
 from xsearch.server import create_app  # noqa: E402
 
@@ -31,11 +31,7 @@ BASE = "http://127.0.0.1:8000"
 @pytest.fixture(scope="module")
 def served(tmp_path_factory, mini):
     """A home with collection 'gen' (and a copy 'gen2' for the switcher), built once for the module."""
-    root = tmp_path_factory.mktemp("served")
-    folder = make_folder(root)
-    home = root / "home"
-    build_collection(home, folder, mini)
-    shutil.copytree(home / "gen", home / "gen2")
+    home, folder = build_home(tmp_path_factory.mktemp("served"), mini)
     SNAPSHOT.update(snapshot(home))
     return home, folder
 
