@@ -7,7 +7,7 @@ from typing import Optional
 from sqlalchemy import ForeignKey, Index, LargeBinary, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, deferred, mapped_column
 
-STORE_SCHEMA_VERSION = 1
+STORE_SCHEMA_VERSION = 2  # 2: photo metadata (taken, camera, lens, GPS); see store/migrate.py
 
 
 def utcnow() -> datetime:
@@ -31,6 +31,7 @@ class Item(Base):
 
     ``key`` is unique: the absolute path for files, ``<image path>#caption:<hash>`` for captions.
     ``id`` is also the item's FAISS id; ``vector`` keeps the embedding so the index can be rebuilt.
+    Columns added by a later schema version are nullable (``store/migrate.py`` adds them to an older database).
     """
 
     __tablename__ = "items"
@@ -51,6 +52,14 @@ class Item(Base):
     created: Mapped[datetime] = mapped_column(default=utcnow)
     updated: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow, index=True)
     vector: Mapped[bytes] = deferred(mapped_column(LargeBinary))
+    # schema 2: photo metadata from EXIF (NULL when absent); meta_version: the EXIF reader's version, NULL = not read
+    taken: Mapped[Optional[datetime]] = mapped_column(index=True)
+    camera_make: Mapped[Optional[str]] = mapped_column(Text)
+    camera_model: Mapped[Optional[str]] = mapped_column(Text)
+    lens: Mapped[Optional[str]] = mapped_column(Text)
+    lat: Mapped[Optional[float]] = mapped_column(index=True)
+    lon: Mapped[Optional[float]]
+    meta_version: Mapped[Optional[int]]
 
 
 class Tag(Base):

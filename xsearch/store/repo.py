@@ -8,12 +8,13 @@ from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
-from sqlalchemy import create_engine, delete, event, func, or_, select, update
+from sqlalchemy import create_engine, delete, event, false, func, inspect, or_, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DatabaseError
-from sqlalchemy.orm import Session, sessionmaker, undefer
+from sqlalchemy.orm import Session, load_only, sessionmaker, undefer
 
 from ..errors import BadInput, SchemaTooNew
+from .migrate import migrate, missing_columns
 from .models import STORE_SCHEMA_VERSION, Base, Item, Meta, Staged, Tag, utcnow
 
 CHUNK = 900  # stay under SQLite's bound-parameter limit
@@ -36,6 +37,13 @@ class ItemRecord:
     text: str | None = None
     source: str | None = None
     parent_id: int | None = None
+    taken: datetime | None = None
+    camera_make: str | None = None
+    camera_model: str | None = None
+    lens: str | None = None
+    lat: float | None = None
+    lon: float | None = None
+    meta_version: int | None = None
 
 
 @dataclass
@@ -52,7 +60,8 @@ _ROW_FIELDS = [f.name for f in fields(ItemRow)]
 
 
 def _row(item: Item) -> ItemRow:
-    return ItemRow(**{name: getattr(item, name) for name in _ROW_FIELDS})
+    unloaded = inspect(item).unloaded  # columns an older database lacks (see Store._items) read as None
+    return ItemRow(**{name: getattr(item, name) for name in _ROW_FIELDS if name not in unloaded})
 
 
 def _chunks(values: Sequence, size: int = CHUNK) -> Iterator[Sequence]:
@@ -79,6 +88,8 @@ class Store:
     """Metadata + stored vectors of one collection in a SQLite file. Every write is one transaction.
 
     ``read_only=True`` opens an existing database for reading only (no table creation, writes refused by SQLite).
+    A writer migrates an older schema in place (``migrate.py``); a reader never does: columns the database lacks
+    read as ``None`` and filters on them match nothing.
     """
 
     def __init__(self, path: str | os.PathLike[str], read_only: bool = False):
@@ -88,10 +99,12 @@ class Store:
         self.engine: Engine = create_engine(url)
         event.listen(self.engine, "connect", _read_only_pragmas if read_only else _sqlite_pragmas)
         self._session = sessionmaker(self.engine, expire_on_commit=False)
+        self.missing: frozenset[str] = frozenset()
         try:
             if not read_only:
                 Base.metadata.create_all(self.engine)
             self._check_schema()
+            self.missing = frozenset(c.name for c in missing_columns(self.engine, Item.__table__))
         except DatabaseError as exc:
             raise BadInput(f"{self.path}: not a readable SQLite database ({exc.orig})") from None
 
@@ -103,6 +116,16 @@ class Store:
             return
         elif int(version) > STORE_SCHEMA_VERSION:
             raise SchemaTooNew(f"{self.path}: metadata schema {version} is newer than this xsearch ({STORE_SCHEMA_VERSION})")
+        elif int(version) < STORE_SCHEMA_VERSION and not self.read_only:
+            migrate(self.engine, Base.metadata)
+            self.set_meta("schema_version", str(STORE_SCHEMA_VERSION))
+
+    def _items(self):
+        """``select(Item)`` loading only the columns this database has (an older schema opened read-only)."""
+        if not self.missing:
+            return select(Item)
+        cols = [c for c in Item.__table__.columns if c.name not in self.missing and c.name != "vector"]
+        return select(Item).options(load_only(*[getattr(Item, c.name) for c in cols]))
 
     def close(self) -> None:
         self.engine.dispose()
@@ -222,11 +245,10 @@ class Store:
             return [(path, reason or "") for _, path, reason in failed], removed
 
     # ---- reads --------------------------------------------------------------------------------
-    @staticmethod
-    def _by_keys(s: Session, keys: Sequence[str]) -> dict[str, Item]:
+    def _by_keys(self, s: Session, keys: Sequence[str]) -> dict[str, Item]:
         out: dict[str, Item] = {}
         for part in _chunks(list(keys)):
-            for item in s.scalars(select(Item).where(Item.key.in_(part))):
+            for item in s.scalars(self._items().where(Item.key.in_(part))):
                 out[item.key] = item
         return out
 
@@ -238,7 +260,7 @@ class Store:
         out: dict[int, ItemRow] = {}
         with self.session() as s:
             for part in _chunks([int(i) for i in ids]):
-                for item in s.scalars(select(Item).where(Item.id.in_(part))):
+                for item in s.scalars(self._items().where(Item.id.in_(part))):
                     out[item.id] = _row(item)
         return out
 
@@ -247,7 +269,7 @@ class Store:
              source: str | None = None) -> list[ItemRow]:
         """Items matching the filters (see :meth:`_filtered`), ordered by id."""
         with self.session() as s:
-            stmt = self._filtered(select(Item), modalities, under, since, until, tags, source).order_by(Item.id)
+            stmt = self._filtered(self._items(), modalities, under, since, until, tags, source).order_by(Item.id)
             return [_row(i) for i in s.scalars(stmt)]
 
     def ids_where(self, *, modalities: Sequence[str] | None = None, under: Sequence[str] | None = None,
