@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Sequence
@@ -14,13 +15,14 @@ from ..encoders import Encoder, create, l2_normalize
 from ..errors import BadInput, DimensionMismatch, EncoderMismatch, MissingCollection, MissingItem
 from . import indexer
 from .indexer import IndexReport, ProgressFn, ReembedReport
-from .query import Filters, Hit, ModalityIds, default_modalities
+from .query import Filters, Hit, ModalityIds, default_min_score, default_modalities, ranked
 from .similarity import Query, cosine_matrix
 from .versioning import FINGERPRINT_KEY, stale_message, stored_fingerprint
 
 if TYPE_CHECKING:  # pragma: no cover - faiss and SQLAlchemy load with the first open, not with this module
     from ..index import IdSet, VectorIndex
     from ..store import ItemRecord, ItemRow, Store
+    from .dupes import DupeGroup
 
 TAG_TEMPLATES = {"image": "a photo of a {}.", "audio": "the sound of {}.", "text": "{}"}  # zero-shot prompt per modality
 
@@ -328,14 +330,15 @@ class Collection:
                vector: np.ndarray | None = None, k: int = 10, modality: str | Sequence[str] | None = None,
                weights: dict[str, float] | None = None, filters: Filters | None = None, *,
                under: Sequence[str | os.PathLike[str]] | None = None, tags: Sequence[str] | None = None,
-               since: datetime | None = None, until: datetime | None = None) -> list[Hit]:
+               since: datetime | None = None, until: datetime | None = None, **photo) -> list[Hit]:
         """Nearest items to a text / image / audio query (or a fused mix, or a raw ``vector``).
 
         ``filters`` (:class:`Filters`), or the same as keywords: ``modality`` (what to return: ``image``, ``text``,
         ``audio``, ``any`` or a list; default: a text-only query returns images and audio, other queries any
-        modality), ``under`` (path prefixes), ``tags``, ``since``/``until`` (file modification time).
+        modality), ``under`` (path prefixes), ``tags``, ``since``/``until`` (file modification time), and the photo
+        keywords ``taken_after``, ``taken_before``, ``camera``, ``near``, ``min_score``, ``sort`` (see :class:`Filters`).
         """
-        f = Filters.make(filters, modality=modality, under=under, tags=tags, since=since, until=until)
+        f = Filters.make(filters, modality=modality, under=under, tags=tags, since=since, until=until, **photo)
         q = vector if vector is not None else self.embed(text, image, audio, weights)
         text_only = vector is None and image is None and audio is None
         return self.search_vectors(np.atleast_2d(q), k, f, text_only=text_only)[0]
@@ -343,9 +346,9 @@ class Collection:
     def search_many(self, texts: Sequence[str], k: int = 10, modality: str | Sequence[str] | None = None,
                     filters: Filters | None = None, *, under: Sequence[str | os.PathLike[str]] | None = None,
                     tags: Sequence[str] | None = None, since: datetime | None = None,
-                    until: datetime | None = None) -> list[list[Hit]]:
+                    until: datetime | None = None, **photo) -> list[list[Hit]]:
         """Run many text queries in one batch (same filters as :meth:`search`)."""
-        f = Filters.make(filters, modality=modality, under=under, tags=tags, since=since, until=until)
+        f = Filters.make(filters, modality=modality, under=under, tags=tags, since=since, until=until, **photo)
         if not texts:
             return []
         return self.search_vectors(self.encoder.encode_text(list(texts)), k, f, text_only=True)
@@ -355,7 +358,7 @@ class Collection:
         vector = self.vectors([self.item(item_id).id])
         hits = self.search_vectors(vector, k + 1, filters or Filters())[0]
         others = [h for h in hits if h.id != item_id][:k]
-        return [Hit(i + 1, h.score, h.path, h.modality, h.text, h.id) for i, h in enumerate(others)]
+        return [replace(h, rank=i + 1) for i, h in enumerate(others)]
 
     def search_vectors(self, queries: np.ndarray, k: int = 10, filters: Filters | None = None, *,
                        text_only: bool = False) -> list[list[Hit]]:
@@ -367,7 +370,8 @@ class Collection:
             return [[] for _ in queries]
         scores, ids = self.index.search(queries, k, allowed=allowed)
         rows = self.store.get(np.unique(ids[ids >= 0]).tolist())
-        return [_hits(s, i, rows) for s, i in zip(scores, ids)]
+        cutoff = filters.cutoff(self.info.encoder)
+        return [ranked(_hits(s, i, rows), rows, cutoff, filters.sort) for s, i in zip(scores, ids)]
 
     def _allowed(self, filters: Filters, modalities: list[str] | None) -> "IdSet | None":
         """The ids a search may return (None: all). Modality alone uses the per-handle cache: no SQL per query."""
@@ -380,6 +384,15 @@ class Collection:
         if modalities is None or set(present) <= set(modalities):
             return None
         return self._modality.idset([m for m in modalities if m in present])
+
+    def dupes(self, threshold: float | None = None, max_hash: int | None = None,
+              under: Sequence[str | os.PathLike[str]] | None = None) -> list["DupeGroup"]:
+        """Groups of duplicate photos (exact and near), each with a suggested keeper; see ``engine/dupes.py``."""
+        from .dupes import DEFAULT_MAX_HASH, DEFAULT_THRESHOLD, find_dupes
+
+        paths = [str(Path(p).expanduser().resolve()) for p in under or ()]
+        return find_dupes(self, DEFAULT_THRESHOLD if threshold is None else threshold,
+                          DEFAULT_MAX_HASH if max_hash is None else max_hash, paths or None)
 
     # ---- reading items ------------------------------------------------------------------------
     def item(self, item_id: int) -> "ItemRow":
@@ -417,6 +430,7 @@ class Collection:
         """collection.json contents plus live counts and file sizes."""
         data = self.info.to_dict()
         data.update(path=str(self.folder), items=self.index.ntotal, counts=self.store.counts(),
+                    min_score_default=default_min_score(self.info.encoder),
                     bytes={f: (self.folder / f).stat().st_size for f in (VECTORS_FILE, META_FILE)
                            if (self.folder / f).exists()})
         return data
@@ -447,13 +461,16 @@ class _Writer:
     def touch(self, ids_mtimes: Iterable[tuple[int, int]]) -> None:
         self.col.store.touch(ids_mtimes)
 
+    def annotate(self, fields_by_id: dict[int, dict]) -> None:
+        self.col.store.annotate(fields_by_id)
+
 
 def _hits(scores: np.ndarray, ids: np.ndarray, rows: dict[int, "ItemRow"]) -> list[Hit]:
     hits = []
     for score, item_id in zip(scores, ids):
         row = rows.get(int(item_id))
         if row is not None:
-            hits.append(Hit(len(hits) + 1, float(score), row.path, row.modality, row.text, row.id))
+            hits.append(Hit(len(hits) + 1, float(score), row.path, row.modality, row.text, row.id, row.taken))
     return hits
 
 

@@ -18,6 +18,7 @@ import numpy as np
 from ..encoders.base import Encoder
 from ..errors import BadInput
 from ..media import AUDIO_EXTS, IMAGE_EXTS, TEXT_EXTS, FileInfo, discover, file_hash
+from ..media_formats import META_VERSION, photo_fields
 from .batching import Batch, embed_audio, embed_images, embed_texts
 
 if TYPE_CHECKING:  # pragma: no cover - SQLAlchemy loads with the first write, not with this module
@@ -44,6 +45,8 @@ class ItemWriter(Protocol):
     def delete(self, ids: Sequence[int]) -> list[int]: ...
 
     def touch(self, ids_mtimes: Iterable[tuple[int, int]]) -> None: ...
+
+    def annotate(self, fields_by_id: dict[int, dict]) -> None: ...
 
 
 class Stager(Protocol):
@@ -79,6 +82,7 @@ class _Plan:
     touched: list[tuple[int, int]] = field(default_factory=list)
     unchanged: int = 0
     gone: list[int] = field(default_factory=list)
+    stale_meta: dict[int, str] = field(default_factory=dict)  # id -> path: unchanged photos whose EXIF is unread
 
 
 def plan(reader: ItemReader, roots: Sequence[str | os.PathLike[str]]) -> _Plan:
@@ -93,13 +97,17 @@ def plan(reader: ItemReader, roots: Sequence[str | os.PathLike[str]]) -> _Plan:
         row = stored.get(f.path)
         if row is None:
             out.new.append(f)
-        elif row.size == f.size and row.mtime_ns == f.mtime_ns:
+            continue
+        if row.size == f.size and row.mtime_ns == f.mtime_ns:
             out.unchanged += 1
         elif row.sha256 == _hash_or_none(f.path):
             out.touched.append((row.id, f.mtime_ns))
             out.unchanged += 1
         else:
             out.changed.append(f)
+            continue
+        if row.modality == "image" and row.meta_version != META_VERSION:
+            out.stale_meta[row.id] = f.path
     seen = {f.path for f in files}
     folder_roots = [_abs(r) for r in roots if Path(r).is_dir()]
     if folder_roots:
@@ -128,6 +136,8 @@ def add_files(reader: ItemReader, writer: ItemWriter, encoder: Encoder, roots: S
         report.removed = len(writer.delete(p.gone))
     if p.touched:
         writer.touch(p.touched)
+    if p.stale_meta:  # an older schema or EXIF reader: re-read metadata, keep the vector
+        writer.annotate({item_id: photo_fields(path) for item_id, path in p.stale_meta.items()})
     todo = p.new + p.changed
     changed = {f.path for f in p.changed}
     progress = progress or (lambda advance, total: None)
@@ -169,10 +179,11 @@ def embed_files(encoder: Encoder, todo: Sequence[FileInfo], on_batch: Callable[[
 def _record(f: FileInfo, extra: dict) -> "ItemRecord":
     from ..store import ItemRecord
 
+    photo = photo_fields(f.path) if f.modality == "image" else {}
     return ItemRecord(key=f.path, path=f.path, modality=f.modality, size=f.size, mtime_ns=f.mtime_ns,
                       sha256=file_hash(f.path), width=extra.get("width"), height=extra.get("height"),
                       duration=extra.get("duration"), sample_rate=extra.get("sample_rate"),
-                      text=(extra.get("text") or "")[:2000] or None)
+                      text=(extra.get("text") or "")[:2000] or None, **photo)
 
 
 # ---- captions ----------------------------------------------------------------------------------

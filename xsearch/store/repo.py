@@ -174,6 +174,15 @@ class Store:
                 if item is not None:
                     item.mtime_ns = mtime_ns
 
+    def annotate(self, fields_by_id: dict[int, dict]) -> None:
+        """Set metadata columns (e.g. photo EXIF fields) of stored items without touching their vectors."""
+        with self.session() as s, s.begin():
+            for item_id, values in fields_by_id.items():
+                item = s.get(Item, int(item_id))
+                if item is not None:
+                    for name, value in values.items():
+                        setattr(item, name, value)
+
     def delete(self, ids: Sequence[int]) -> list[int]:
         """Delete items and their children (captions); return every id removed."""
         ids = list(ids)
@@ -266,25 +275,35 @@ class Store:
 
     def rows(self, *, modalities: Sequence[str] | None = None, under: Sequence[str] | None = None,
              since: datetime | None = None, until: datetime | None = None, tags: Sequence[str] | None = None,
-             source: str | None = None) -> list[ItemRow]:
+             source: str | None = None, **photo) -> list[ItemRow]:
         """Items matching the filters (see :meth:`_filtered`), ordered by id."""
         with self.session() as s:
-            stmt = self._filtered(self._items(), modalities, under, since, until, tags, source).order_by(Item.id)
-            return [_row(i) for i in s.scalars(stmt)]
+            stmt = self._filtered(self._items(), modalities, under, since, until, tags, source, **photo)
+            rows = [_row(i) for i in s.scalars(stmt.order_by(Item.id))]
+        near = photo.get("near")
+        return [r for r in rows if _within(r.lat, r.lon, near)] if near else rows
 
     def ids_where(self, *, modalities: Sequence[str] | None = None, under: Sequence[str] | None = None,
                   since: datetime | None = None, until: datetime | None = None, tags: Sequence[str] | None = None,
-                  source: str | None = None) -> np.ndarray:
+                  source: str | None = None, **photo) -> np.ndarray:
         """Ids of items matching the filters (see :meth:`_filtered`)."""
+        near = photo.get("near")
         with self.session() as s:
-            stmt = self._filtered(select(Item.id), modalities, under, since, until, tags, source)
-            return np.fromiter(s.scalars(stmt), dtype=np.int64)
+            if not near:
+                stmt = self._filtered(select(Item.id), modalities, under, since, until, tags, source, **photo)
+                return np.fromiter(s.scalars(stmt), dtype=np.int64)
+            stmt = self._filtered(select(Item.id, Item.lat, Item.lon), modalities, under, since, until, tags,
+                                  source, **photo)
+            return np.array([i for i, lat, lon in s.execute(stmt) if _within(lat, lon, near)], dtype=np.int64)
 
-    @staticmethod
-    def _filtered(stmt, modalities: Sequence[str] | None, under: Sequence[str] | None, since: datetime | None,
-                  until: datetime | None, tags: Sequence[str] | None, source: str | None):
+    def _filtered(self, stmt, modalities: Sequence[str] | None, under: Sequence[str] | None, since: datetime | None,
+                  until: datetime | None, tags: Sequence[str] | None, source: str | None, *,
+                  taken_after: datetime | None = None, taken_before: datetime | None = None,
+                  camera: str | None = None, near: tuple[float, float, float] | None = None):
         """``stmt`` restricted to: any of ``modalities``; paths under any prefix in ``under``; file mtime within
-        [since, until]; any of ``tags``; captions from CSV ``source``. None means no restriction."""
+        [since, until]; any of ``tags``; captions from CSV ``source``; EXIF capture time within
+        [taken_after, taken_before]; ``camera`` in make or model (case-insensitive); GPS within the bounding box of
+        ``near`` (lat, lon, km; callers refine to the circle). None means no restriction."""
         if modalities:
             stmt = stmt.where(Item.modality.in_(list(modalities)))
         if under:
@@ -297,6 +316,19 @@ class Store:
             stmt = stmt.where(Item.id.in_(select(Tag.item_id).where(Tag.tag.in_(list(tags)))))
         if source is not None:
             stmt = stmt.where(Item.source == source)
+        photo = taken_after or taken_before or camera or near
+        if photo and self.missing:  # an older schema read without migrating: no item has photo metadata yet
+            return stmt.where(false())
+        if taken_after is not None:
+            stmt = stmt.where(Item.taken >= taken_after)
+        if taken_before is not None:
+            stmt = stmt.where(Item.taken <= taken_before)
+        if camera:
+            like = "%" + camera.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+            stmt = stmt.where(or_(func.lower(Item.camera_make).like(like, escape="\\"),
+                                  func.lower(Item.camera_model).like(like, escape="\\")))
+        if near:
+            stmt = stmt.where(*_box(*near))
         return stmt
 
     def tags_of(self, ids: Sequence[int]) -> dict[int, list[tuple[str, float]]]:
@@ -341,6 +373,30 @@ def _under_clause(prefix: str):
     prefix = prefix.rstrip(os.sep)
     escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     return or_(Item.path == prefix, Item.path.like(escaped + os.sep + "%", escape="\\"))
+
+
+EARTH_KM = 6371.0088
+
+
+def _box(lat: float, lon: float, km: float) -> list:
+    """SQL conditions for a lat/lon box that holds every point within ``km`` of (lat, lon)."""
+    dlat = np.degrees(km / EARTH_KM)
+    conds = [Item.lat.is_not(None), Item.lon.is_not(None), Item.lat.between(lat - dlat, lat + dlat)]
+    cos = np.cos(np.radians(lat))
+    if cos > 1e-6:
+        dlon = np.degrees(km / (EARTH_KM * cos))
+        if lon - dlon >= -180 and lon + dlon <= 180:  # a box across the antimeridian: the circle test alone
+            conds.append(Item.lon.between(lon - dlon, lon + dlon))
+    return conds
+
+
+def _within(lat: float | None, lon: float | None, near: tuple[float, float, float]) -> bool:
+    """Great-circle (haversine) distance from (lat, lon) to ``near``'s point is at most its km."""
+    if lat is None or lon is None:
+        return False
+    la1, lo1, la2, lo2 = map(np.radians, (lat, lon, near[0], near[1]))
+    h = np.sin((la2 - la1) / 2) ** 2 + np.cos(la1) * np.cos(la2) * np.sin((lo2 - lo1) / 2) ** 2
+    return bool(2 * EARTH_KM * np.arcsin(np.sqrt(min(1.0, h))) <= near[2])
 
 
 def _ns(when: datetime) -> int:
