@@ -304,3 +304,24 @@ def test_missing_decoder_is_a_one_line_reason_naming_the_extra(tmp_path, home, m
     reasons = {Path(s["path"]).name: s["reason"] for s in report["skipped"]}
     assert "pip install 'xsearch[heic]'" in reasons["a.heic"] and "\n" not in reasons["a.heic"]
     assert "pip install 'xsearch[raw]'" in reasons["b.dng"]
+
+
+@pytest.mark.needs_data
+def test_photo_filters_over_http(tagged):
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from xsearch.server import create_app
+
+    with TestClient(create_app(tagged, ["default"]), base_url="http://127.0.0.1:8000") as client:
+        def get(**params):
+            r = client.get("/api/search", params={"q": "a photo", "k": 10, **params})
+            return r.status_code, r.json()
+
+        status, body = get(camera="canon")
+        assert status == 200 and set(names(body["hits"])) == {"cat.jpg", "moto.jpg"}
+        assert body["filters"]["camera"] == "canon"
+        assert names(get(near="40.73,-73.99,5")[1]["hits"]) == ["coffee.jpg"]
+        assert names(get(taken_after="2020-01-01", sort="date")[1]["hits"]) == ["coffee.jpg", "cat.jpg"]
+        status, body = get(near="north")
+        assert status == 400 and "LAT,LON,KM" in json.dumps(body)
