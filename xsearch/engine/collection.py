@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Sequence
@@ -328,46 +329,58 @@ class Collection:
                vector: np.ndarray | None = None, k: int = 10, modality: str | Sequence[str] | None = None,
                weights: dict[str, float] | None = None, filters: Filters | None = None, *,
                under: Sequence[str | os.PathLike[str]] | None = None, tags: Sequence[str] | None = None,
-               since: datetime | None = None, until: datetime | None = None) -> list[Hit]:
+               since: datetime | None = None, until: datetime | None = None, all_moments: bool = False) -> list[Hit]:
         """Nearest items to a text / image / audio query (or a fused mix, or a raw ``vector``).
 
         ``filters`` (:class:`Filters`), or the same as keywords: ``modality`` (what to return: ``image``, ``text``,
         ``audio``, ``any`` or a list; default: a text-only query returns images and audio, other queries any
         modality), ``under`` (path prefixes), ``tags``, ``since``/``until`` (file modification time).
+        A video is one hit at its best-matching moment (``Hit.t``), or one hit per moment with ``all_moments``.
         """
         f = Filters.make(filters, modality=modality, under=under, tags=tags, since=since, until=until)
         q = vector if vector is not None else self.embed(text, image, audio, weights)
         text_only = vector is None and image is None and audio is None
-        return self.search_vectors(np.atleast_2d(q), k, f, text_only=text_only)[0]
+        return self.search_vectors(np.atleast_2d(q), k, f, text_only=text_only, all_moments=all_moments)[0]
 
     def search_many(self, texts: Sequence[str], k: int = 10, modality: str | Sequence[str] | None = None,
                     filters: Filters | None = None, *, under: Sequence[str | os.PathLike[str]] | None = None,
                     tags: Sequence[str] | None = None, since: datetime | None = None,
-                    until: datetime | None = None) -> list[list[Hit]]:
+                    until: datetime | None = None, all_moments: bool = False) -> list[list[Hit]]:
         """Run many text queries in one batch (same filters as :meth:`search`)."""
         f = Filters.make(filters, modality=modality, under=under, tags=tags, since=since, until=until)
         if not texts:
             return []
-        return self.search_vectors(self.encoder.encode_text(list(texts)), k, f, text_only=True)
+        return self.search_vectors(self.encoder.encode_text(list(texts)), k, f, text_only=True,
+                                   all_moments=all_moments)
 
     def similar(self, item_id: int, k: int = 10, filters: Filters | None = None) -> list[Hit]:
         """"More like this": the nearest items to a stored item's vector, the item itself left out."""
-        vector = self.vectors([self.item(item_id).id])
+        row = self.item(item_id)
+        if row.modality == "video" and row.parent_id is None:
+            raise BadInput(f"item {item_id} is a video file: ask for more like one of its moments (a hit's id)")
+        vector = self.vectors([row.id])
         hits = self.search_vectors(vector, k + 1, filters or Filters())[0]
         others = [h for h in hits if h.id != item_id][:k]
-        return [Hit(i + 1, h.score, h.path, h.modality, h.text, h.id) for i, h in enumerate(others)]
+        return [replace(h, rank=i + 1) for i, h in enumerate(others)]
 
     def search_vectors(self, queries: np.ndarray, k: int = 10, filters: Filters | None = None, *,
-                       text_only: bool = False) -> list[list[Hit]]:
-        """Search with query vectors; filters become an id allow-list inside FAISS (k hits whenever k match)."""
+                       text_only: bool = False, all_moments: bool = False) -> list[list[Hit]]:
+        """Search with query vectors; filters become an id allow-list inside FAISS (k hits whenever k match).
+        Moments of one video collapse into its best one unless ``all_moments`` (the search widens to keep k hits)."""
         queries = self._checked(queries)
         filters = filters or Filters()
         allowed = self._allowed(filters, default_modalities(filters, text_only, self._modality))
         if allowed is not None and len(allowed) == 0:
             return [[] for _ in queries]
-        scores, ids = self.index.search(queries, k, allowed=allowed)
-        rows = self.store.get(np.unique(ids[ids >= 0]).tolist())
-        return [_hits(s, i, rows) for s, i in zip(scores, ids)]
+        collapse = not all_moments and bool(self._modality.counts().get("video"))
+        fetch = min(k * 4, max(k, self.index.ntotal)) if collapse else k
+        while True:
+            scores, ids = self.index.search(queries, fetch, allowed=allowed)
+            rows = self.store.get(np.unique(ids[ids >= 0]).tolist())
+            out = [_hits(s, i, rows, k, collapse) for s, i in zip(scores, ids)]
+            if not collapse or fetch >= self.index.ntotal or all(len(h) >= k for h in out):
+                return out
+            fetch = min(fetch * 4, self.index.ntotal)
 
     def _allowed(self, filters: Filters, modalities: list[str] | None) -> "IdSet | None":
         """The ids a search may return (None: all). Modality alone uses the per-handle cache: no SQL per query."""
@@ -447,13 +460,32 @@ class _Writer:
     def touch(self, ids_mtimes: Iterable[tuple[int, int]]) -> None:
         self.col.store.touch(ids_mtimes)
 
+    def write_group(self, parent: "ItemRecord", children: Sequence["ItemRecord"], vectors: np.ndarray) -> list[int]:
+        """Store a video (no vector) with its moments, replacing its old ones, and index the moments' vectors."""
+        vectors = self.col._checked(vectors) if len(vectors) else vectors
+        self.col._mark_dirty()
+        parent_id, ids, removed = self.col.store.replace_group(parent, children, vectors)
+        self.col.index.remove(np.asarray(removed, np.int64))
+        self.col._modality.removed(removed)
+        if ids:
+            self.col.index.add(np.asarray(ids, np.int64), vectors)
+        self.col._modality.added([parent_id, *ids], [parent.modality] + [c.modality for c in children])
+        return ids
 
-def _hits(scores: np.ndarray, ids: np.ndarray, rows: dict[int, "ItemRow"]) -> list[Hit]:
-    hits = []
+
+def _hits(scores: np.ndarray, ids: np.ndarray, rows: dict[int, "ItemRow"], k: int, collapse: bool) -> list[Hit]:
+    """Ranked hits (at most ``k``); with ``collapse``, only the best moment of each video."""
+    hits: list[Hit] = []
+    videos: set[int] = set()
     for score, item_id in zip(scores, ids):
         row = rows.get(int(item_id))
-        if row is not None:
-            hits.append(Hit(len(hits) + 1, float(score), row.path, row.modality, row.text, row.id))
+        if row is None or len(hits) >= k:
+            continue
+        if collapse and row.t is not None and row.parent_id is not None:
+            if row.parent_id in videos:
+                continue
+            videos.add(row.parent_id)
+        hits.append(Hit(len(hits) + 1, float(score), row.path, row.modality, row.text, row.id, row.t))
     return hits
 
 

@@ -36,6 +36,7 @@ class ItemRecord:
     text: str | None = None
     source: str | None = None
     parent_id: int | None = None
+    t: float | None = None
 
 
 @dataclass
@@ -142,6 +143,31 @@ class Store:
             for part in _chunks(ids):  # a vector staged by an unfinished re-embed is older than this one
                 s.execute(delete(Staged).where(Staged.item_id.in_(part)))
             return ids
+
+    def replace_group(self, parent: ItemRecord, children: Sequence[ItemRecord],
+                      vectors: np.ndarray) -> tuple[int, list[int], list[int]]:
+        """In one transaction: upsert ``parent`` (stored without a vector), drop its old children, insert
+        ``children`` with ``vectors`` under it. Returns (parent id, new child ids, removed ids)."""
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if len(children) != len(vectors):
+            raise BadInput(f"{len(children)} items for {len(vectors)} vectors")
+        with self.session() as s, s.begin():
+            item = self._by_keys(s, [parent.key]).get(parent.key) or Item(key=parent.key)
+            for name in _RECORD_FIELDS:
+                setattr(item, name, getattr(parent, name))
+            item.vector, item.updated = b"", utcnow()
+            s.add(item)
+            s.flush()
+            removed = self._delete(s, s.scalars(select(Item.id).where(Item.parent_id == item.id)).all())
+            s.execute(delete(Staged).where(Staged.item_id == item.id))
+            kids = []
+            for rec, vec in zip(children, vectors):
+                kid = Item(**{name: getattr(rec, name) for name in _RECORD_FIELDS})
+                kid.parent_id, kid.vector = item.id, vec.tobytes()
+                s.add(kid)
+                kids.append(kid)
+            s.flush()
+            return item.id, [k.id for k in kids], removed
 
     def touch(self, ids_mtimes: Iterable[tuple[int, int]]) -> None:
         """Record a new mtime for items whose content did not change."""
@@ -304,6 +330,7 @@ class Store:
             if not got:
                 return
             last = got[-1][0]
+            got = [g for g in got if g[1]]  # a video item has no vector (its moments have)
             yield np.array([g[0] for g in got], dtype=np.int64), _decode([g[1] for g in got], dim)
 
     def counts(self) -> dict[str, int]:
@@ -311,8 +338,9 @@ class Store:
             return {m: n for m, n in s.execute(select(Item.modality, func.count()).group_by(Item.modality))}
 
     def count(self) -> int:
+        """Items with a vector (what the FAISS index holds: every item but video files)."""
         with self.session() as s:
-            return int(s.scalar(select(func.count()).select_from(Item)) or 0)
+            return int(s.scalar(select(func.count()).select_from(Item).where(func.length(Item.vector) > 0)) or 0)
 
 
 def _under_clause(prefix: str):
