@@ -144,8 +144,10 @@ def query(
     image: Optional[Path] = typer.Option(None, "--image", help="Image query (image→image and image→text)."),
     audio: Optional[Path] = typer.Option(None, "--audio", help="Audio query."),
     file: Optional[Path] = typer.Option(None, "--file", help="Text file: one query per line; prints JSON Lines."),
-    modality: Optional[str] = typer.Option(None, "--modality", "-m", help="What to return: image, text, audio or any."),
+    modality: Optional[str] = typer.Option(None, "--modality", "-m",
+                                           help="What to return: image, text, audio, video or any."),
     k: int = typer.Option(10, "-k", "--top", help="Number of hits."),
+    all_moments: bool = typer.Option(False, "--all-moments", help="Every matching moment of a video, not just its best."),
     weights: Optional[str] = typer.Option(None, "--weights", help="Fused query weights, e.g. text=0.3,image=0.7."),
     under: Optional[List[Path]] = typer.Option(None, "--under", help="Only items under this path (repeatable)."),
     tag: Optional[List[str]] = typer.Option(None, "--tag", help="Only items with this tag (repeatable)."),
@@ -167,22 +169,23 @@ def query(
         raise BadInput("give a TEXT query, --image FILE, --audio FILE or --file QUERIES.txt")
     with Collection.open(_home(home), collection, encoder=encoder, read_only=True) as col:
         if file is not None:
-            _query_file(col, file, k, filters)
+            _query_file(col, file, k, filters, all_moments)
             return
-        hits = col.search(text=text, image=image, audio=audio, k=k, weights=parse_weights(weights, "--weights"), filters=filters)
+        hits = col.search(text=text, image=image, audio=audio, k=k, weights=parse_weights(weights, "--weights"),
+                          filters=filters, all_moments=all_moments)
         _print_hits(hits, as_json)
     global _skip_teardown
     _skip_teardown = True
 
 
-def _query_file(col, file: Path, k: int, filters) -> None:
+def _query_file(col, file: Path, k: int, filters, all_moments: bool = False) -> None:
     try:
         queries = [q.strip() for q in file.read_text(encoding="utf-8").splitlines() if q.strip()]
     except (OSError, UnicodeDecodeError) as exc:
         raise BadInput(f"{file}: unreadable queries file ({exc})") from None
     if not queries:
         raise BadInput(f"{file}: no queries (one per line)")
-    for q, hits in zip(queries, col.search_many(queries, k=k, filters=filters)):
+    for q, hits in zip(queries, col.search_many(queries, k=k, filters=filters, all_moments=all_moments)):
         sys.stdout.write(json.dumps({"query": q, "hits": [h.to_dict() for h in hits]}) + "\n")
 
 
@@ -198,7 +201,8 @@ def _print_hits(hits, as_json: bool) -> None:
     table.add_column("path", overflow="fold")
     table.add_column("text", overflow="fold")
     for h in hits:
-        table.add_row(str(h.rank), f"{h.score:.3f}", h.modality, _short(h.path), (h.text or "")[:80])
+        where = _short(h.path) + (f" @ {h.t:.1f}s" if h.t is not None else "")
+        table.add_row(str(h.rank), f"{h.score:.3f}", h.modality, where, (h.text or "")[:80])
     out.print(table)
 
 

@@ -409,6 +409,15 @@ class Collection:
             raise MissingItem(f"item {item_id} of collection '{self.name}': {path} is gone")
         return path
 
+    def moment_frame(self, item_id: int):
+        """The video frame (a PIL image) at a video moment's ``t`` (its key frame); BadInput for other items."""
+        from ..media_video import frame_at
+
+        row = self.item(item_id)
+        if row.modality != "video" or row.t is None:
+            raise BadInput(f"item {item_id} is not a video moment")
+        return frame_at(str(self.file_of(item_id)), row.t)
+
     def items(self, filters: Filters | None = None, *, source: str | None = None) -> list["ItemRow"]:
         """Stored items matching ``filters`` (``source``: captions from this CSV), ordered by id."""
         f = filters or Filters()
