@@ -143,6 +143,7 @@ class Collection:
         if problem is None:
             return
         if not self.read_only and self._repair_if_free():
+            self.warn(f"collection '{self.name}': {problem}; rebuilt it from {META_FILE} and saved it")
             return
         self.index = self._built_index()
         self.index.read_only = self.read_only

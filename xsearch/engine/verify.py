@@ -86,7 +86,7 @@ def _check(folder: Path, name: str, files: bool, sample: int) -> VerifyReport:
         meta = store.metas()
         if info is not None:
             _check_consistency(info, meta, store, report)
-        dim = info.dim if info is not None else _stored_dim(store)
+        dim = info.dim if info is not None else store.vector_dim()
         ids = _check_vectors(store, dim, report)
         _check_writes(folder, meta, store, report)
         if info is not None and meta.get("dirty") != "1":
@@ -104,12 +104,6 @@ def _info(folder: Path, report: VerifyReport) -> CollectionInfo | None:
     except (BadInput, MissingCollection) as exc:
         report.problems.append(str(exc))
         return None
-
-
-def _stored_dim(store) -> int:
-    for _ids, vecs in store.iter_vectors(1, batch=1):
-        return int(vecs.size)
-    return 0
 
 
 def _check_consistency(info: CollectionInfo, meta: dict, store, report: VerifyReport) -> None:
@@ -309,7 +303,7 @@ def _rewrite_info(folder: Path, name: str, stamp: str, done: list[str]) -> Colle
         encoder = store.get_meta("encoder")
         if not encoder:
             raise BadInput(f"{folder / META_FILE}: does not name its encoder; {INFO_FILE} cannot be rebuilt")
-        dim = _stored_dim(store) or create(encoder).dim
+        dim = store.vector_dim() or create(encoder).dim
         info = CollectionInfo(name=name, encoder=encoder, dim=dim,
                               encoder_fingerprint=store.get_meta(FINGERPRINT_KEY) or "")
     finally:

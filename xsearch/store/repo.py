@@ -383,6 +383,12 @@ class Store:
             last = got[-1][0]
             yield np.array([g[0] for g in got], dtype=np.int64), _decode([g[1] for g in got], dim)
 
+    def vector_dim(self) -> int:
+        """Dimension of the stored vectors (0 when there are none)."""
+        with self.session() as s:
+            size = s.scalar(select(func.length(Item.vector)).where(Item.vector.is_not(None)).limit(1))
+            return int(size or 0) // 4
+
     def staged_count(self) -> int:
         """Vectors staged by an unfinished re-embed."""
         with self.session() as s:
