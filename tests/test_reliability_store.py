@@ -25,7 +25,7 @@ from xsearch.cli import app
 from xsearch.config import INFO_FILE, META_FILE, VECTORS_FILE
 from xsearch.engine import verify_collection
 from xsearch.engine.locking import LOCK_FILE, OWNER_FILE
-from xsearch.errors import BadInput, CollectionBusy, DamagedCollection, XSearchWarning
+from xsearch.errors import CollectionBusy, DamagedCollection, XSearchWarning
 
 pytestmark = pytest.mark.needs_data
 runner = CliRunner()

@@ -178,7 +178,7 @@ class Collection:
         """A writable handle: rebuild and save the index now if no other process is writing; False if one is."""
         try:
             self.lock.acquire(wait=False)
-        except CollectionBusy:
+        except (CollectionBusy, BadInput):  # another writer, or storage this process cannot write
             return False
         try:
             self.store.writing(True)
