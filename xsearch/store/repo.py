@@ -153,7 +153,10 @@ class Store:
         self.engine.dispose()  # idle pooled connections would keep the file in WAL mode
         with self.engine.connect() as conn:
             if active:
-                conn.exec_driver_sql("PRAGMA journal_mode=WAL")
+                try:
+                    conn.exec_driver_sql("PRAGMA journal_mode=WAL")
+                except OperationalError:
+                    pass  # readers kept it busy: write with the rollback journal (commits then briefly block them)
                 return
             conn.exec_driver_sql("PRAGMA busy_timeout=200")
             try:
