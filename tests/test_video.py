@@ -116,6 +116,12 @@ def test_reindexing_an_unchanged_video_is_unchanged_and_a_changed_one_replaces_i
         before = {r.key for r in col.items() if r.parent_id is not None}
         again = col.add([folder])
         assert (again.unchanged, again.added, again.updated) == (1, 0, 0)
+        ids = {r.key: r.id for r in col.items()}
+        vecs = col.vectors([i for k, i in ids.items() if "#" in k])
+        redone = col.reembed()  # `reindex --reembed`: moments found again keep their ids
+        assert redone.dropped == [] and redone.reembedded == len(ids)
+        assert {r.key: r.id for r in col.items()} == ids and len(col) == len(ids) - 1
+        np.testing.assert_allclose(col.vectors([i for k, i in ids.items() if "#" in k]), vecs, atol=1e-4)
         write_clip(folder / "a.mkv", [(CHECKER, 2.0), (solid((30, 30, 200)), 6.0)], noise=2)
         assert col.add([folder]).updated == 1
         after = [r for r in col.items() if r.parent_id is not None]
