@@ -3,8 +3,8 @@
     python benchmarks/bench_video.py [--seconds 60] [--size 1280x720] [--fps 30] [--repeats 2]
 
 Makes (once, cached in benchmarks/_data/) an H.264 + AAC clip of realistic resolution: the development photos
-(../shared/data/dev-photos, or generated pictures without it) shown 6 s each with a slow pan, so every frame differs,
-over a sound track of tones and noise. Then, medians over --repeats:
+(../shared/data/dev-photos, or generated pictures without it) shown 6 s each with a slow pan and film grain, so every
+frame differs and the bitrate is camera-like (several Mbit/s), over a sound track of tones and noise. Then, medians over --repeats:
 
 - "decode every frame": PyAV decoding all frames, nothing else (the floor any sampler pays; the baseline);
 - "sample frames": media_video.moments without audio: decoding + scene-change detection + frame sampling;
@@ -57,8 +57,9 @@ def make_clip(path: Path, seconds: float, size: tuple[int, int], fps: int) -> Pa
 
     pics = pictures(size)
     w, h = size
+    grain = np.random.default_rng(1).integers(-8, 9, (16, h, w, 3), dtype=np.int16)  # film grain: camera-like bitrate
     with av.open(str(path), "w") as out:
-        vs = out.add_stream("libx264", rate=fps, options={"preset": "faster", "crf": "23"})
+        vs = out.add_stream("libx264", rate=fps, options={"preset": "faster", "crf": "20"})
         vs.width, vs.height, vs.pix_fmt = w, h, "yuv420p"
         as_ = out.add_stream("aac", rate=48_000, layout="mono")
         for n in range(int(seconds * fps)):
@@ -66,7 +67,8 @@ def make_clip(path: Path, seconds: float, size: tuple[int, int], fps: int) -> Pa
             pic = pics[int(t // SCENE_S) % len(pics)]
             f = (t % SCENE_S) / SCENE_S
             x, y = int(f * (pic.shape[1] - w)), int(f * (pic.shape[0] - h) / 2)
-            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(pic[y : y + h, x : x + w]), format="rgb24")
+            px = np.clip(pic[y : y + h, x : x + w] + grain[n % len(grain)], 0, 255).astype(np.uint8)
+            frame = av.VideoFrame.from_ndarray(px, format="rgb24")
             frame.pts, frame.time_base = n, Fraction(1, fps)
             out.mux(vs.encode(frame))
         out.mux(vs.encode())
@@ -112,7 +114,7 @@ def main() -> None:
     size = tuple(int(v) for v in args.size.split("x"))
     cache = ROOT / "benchmarks" / "_data"
     cache.mkdir(parents=True, exist_ok=True)
-    clip = cache / f"bench-{size[0]}x{size[1]}-{args.fps}fps-{int(args.seconds)}s.mp4"
+    clip = cache / f"bench-grain-{size[0]}x{size[1]}-{args.fps}fps-{int(args.seconds)}s.mp4"
     if not clip.exists():
         start = time.perf_counter()
         make_clip(clip, args.seconds, size, args.fps)
