@@ -6,7 +6,8 @@ Makes (once, cached in benchmarks/_data/) an H.264 + AAC clip of realistic resol
 (../shared/data/dev-photos, or generated pictures without it) shown 6 s each with a slow pan and film grain, so every
 frame differs and the bitrate is camera-like (several Mbit/s), over a sound track of tones and noise. Then, medians over --repeats:
 
-- "decode every frame": PyAV decoding all frames, nothing else (the floor any sampler pays; the baseline);
+- "decode every frame": PyAV decoding all frames, nothing else (the baseline: what a sampler that looks at
+  every frame pays; xsearch skips non-reference frames of H.264/HEVC/MPEG-4, so it can beat it);
 - "sample frames": media_video.moments without audio: decoding + scene-change detection + frame sampling;
 - "sample frames + audio": the same with the audio windows (16 kHz resampling);
 - "embed_video": decoding and embedding the moments (xsearch-mini), timed apart: decode s vs embed s;
