@@ -14,6 +14,7 @@ Modules (each imports only downwards: encoders, index, store, media, config, err
 - ``locking``     :class:`WriterLock`: one writer per collection (readers never take it).
 - ``versioning``  encoder fingerprints: a collection built with another version of its encoder is *stale*.
 - ``batching``    decode/embed files in batches (image decoding in worker processes).
+- ``video``       a video's moments (key frames, audio windows): embedding, storing under the video, re-embedding.
 
 The surface, for a server that opens collections read-only and never writes::
 
