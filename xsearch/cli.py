@@ -25,6 +25,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
+RayOpt = typer.Option(None, "--ray", metavar="auto|ADDRESS",
+                      help="Run on Ray: 'auto' (RAY_ADDRESS, a local `ray start`, else a new local Ray) or a cluster address.")
 HomeOpt = typer.Option(None, "--home", envvar="XSEARCH_HOME", help="Folder holding collections [default: ./indexes].")
 CollectionOpt = typer.Option(DEFAULT_COLLECTION, "--collection", "-c", help="Collection name inside the home folder.")
 JsonOpt = typer.Option(False, "--json", help="Machine-readable JSON output.")
@@ -105,6 +107,7 @@ def index(
     memory: Optional[str] = typer.Option(None, "--memory", help="Memory budget for the index, e.g. 4G [default: half the RAM]."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Image decode worker processes [default: by core count; none below 4 CPU cores]."),
     batch_size: int = typer.Option(32, "--batch-size", help="Images per inference batch."),
+    ray: Optional[str] = RayOpt,
     quiet: bool = QuietOpt,
     as_json: bool = JsonOpt,
 ) -> None:
@@ -120,7 +123,7 @@ def index(
                          target_recall=target_recall, memory_bytes=parse_memory(memory)) as col:
         with _progress(not (quiet or as_json), "embedding") as update:
             report = col.add([str(p) for p in paths or []], captions=captions, progress=update, workers=workers,
-                             batch_size=batch_size)
+                             batch_size=batch_size, executor=f"ray:{ray}" if ray else "local")
         _print_report(col, report, quiet, as_json)
 
 

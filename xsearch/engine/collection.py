@@ -210,16 +210,20 @@ class Collection:
     # ---- writing ------------------------------------------------------------------------------
     def add(self, paths: Sequence[str | os.PathLike[str]] | str | os.PathLike[str],
             captions: str | os.PathLike[str] | None = None, progress: ProgressFn | None = None,
-            workers: int | None = None, batch_size: int = 32) -> IndexReport:
+            workers: int | None = None, batch_size: int = 32, executor: str = "local") -> IndexReport:
         """Index files/folders incrementally (new or changed files only; deleted files dropped), then captions.
 
-        Unreadable files are skipped and listed in the report; nothing already indexed is lost.
+        Unreadable files are skipped and listed in the report; nothing already indexed is lost. ``executor``:
+        ``local`` (this process) or ``ray`` / ``ray:ADDRESS`` (decode + embed on a Ray cluster, commit here).
         """
+        from .executors import get_executor
+
         paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
         self._writable()
         encoder, writer = self.encoder, _Writer(self)
         try:
-            report = (indexer.add_files(self.store, writer, encoder, paths, progress, workers, batch_size)
+            report = (indexer.add_files(self.store, writer, encoder, paths, progress, workers, batch_size,
+                                        get_executor(executor))
                       if paths else IndexReport())
             if captions is not None:
                 indexer.add_captions(self.store, writer, encoder, captions, report)
