@@ -155,12 +155,13 @@ def query(
     since: Optional[datetime] = typer.Option(None, "--since", help="Only files modified at or after this time (ISO date)."),
     until: Optional[datetime] = typer.Option(None, "--until", help="Only files modified at or before this time (ISO date)."),
     encoder: Optional[str] = typer.Option(None, "--encoder", "-e", help="Must match the collection's encoder if given."),
+    ray: Optional[str] = RayOpt,
     home: Optional[Path] = HomeOpt,
     collection: str = CollectionOpt,
     as_json: bool = JsonOpt,
 ) -> None:
     """Search a collection with text, an image, audio, or a weighted mix of them."""
-    from .engine import Collection, Filters, parse_weights
+    from .engine import Collection, Filters, parse_weights, serve_shards_on_ray
 
     if k < 1:
         raise BadInput(f"-k must be at least 1 (got {k})")
@@ -169,6 +170,8 @@ def query(
     if file is None and text is None and image is None and audio is None:
         raise BadInput("give a TEXT query, --image FILE, --audio FILE or --file QUERIES.txt")
     with Collection.open(_home(home), collection, encoder=encoder, read_only=True) as col:
+        if ray:
+            serve_shards_on_ray(col, ray)  # sharded: one Ray actor per shard; otherwise searched here as always
         if file is not None:
             _query_file(col, file, k, filters)
             return
@@ -264,6 +267,8 @@ def reindex(
     reembed: bool = typer.Option(False, "--reembed", help="First re-embed every item from its file (captions from their "
                                  "text) with this xsearch's version of the encoder; keeps metadata and tags."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Image decode worker processes (with --reembed)."),
+    shards: Optional[int] = typer.Option(None, "--shards", min=1, help="Split the index into N shards over disjoint id ranges (1: one index)."),
+    ray: Optional[str] = RayOpt,
     home: Optional[Path] = HomeOpt,
     collection: str = CollectionOpt,
     quiet: bool = QuietOpt,
@@ -283,7 +288,7 @@ def reindex(
             for path, reason in report.dropped:
                 err.print(f"[yellow]dropped:[/yellow] {escape(reason or path)}", highlight=False)
         else:
-            col.rebuild_index(index_spec, target_recall, parse_memory(memory))
+            col.rebuild_index(index_spec, target_recall, parse_memory(memory), shards, ray)
         spec, count = col.index_spec, len(col)
     if as_json:
         out.print_json(json.dumps({**spec.to_dict(), **result}))
@@ -294,7 +299,8 @@ def reindex(
                   f"{r['new_fingerprint'] or '(unversioned)'} ({r['resumed']} from an interrupted run), "
                   f"{r['removed']} removed", highlight=False)
     recall = "exact" if spec.recall is None else f"recall@10 {spec.recall:.3f}"
-    err.print(f"{collection}: {spec.kind} index ({spec.factory}), {recall}, {count} vectors", highlight=False)
+    sharded = f" in {spec.params['shards']} shards" if spec.params.get("shards", 1) > 1 else ""
+    err.print(f"{collection}: {spec.kind} index ({spec.factory}){sharded}, {recall}, {count} vectors", highlight=False)
 
 
 @command()
@@ -376,11 +382,13 @@ def serve(
     host: str = typer.Option("127.0.0.1", "--host", help="Address to bind; anything but loopback needs --token."),
     port: int = typer.Option(8000, "--port", help="TCP port."),
     token: Optional[str] = typer.Option(None, "--token", envvar="XSEARCH_TOKEN", help="Require 'Authorization: Bearer TOKEN' on /api."),
+    ray: Optional[str] = RayOpt,
 ) -> None:
     """Serve the web page and the HTTP API (read-only) over the collections of a home folder."""
     from .server import serve as run
 
-    run(_home(home), collection or None, host=host, port=port, token=token, say=lambda line: err.print(line, highlight=False))
+    run(_home(home), collection or None, host=host, port=port, token=token, say=lambda line: err.print(line, highlight=False),
+        ray=ray)
 
 
 @command("train")

@@ -12,6 +12,8 @@ Modules (each imports only downwards: encoders, index, store, media, config, err
   :func:`train_encoder` (wraps ``xsearch.train``).
 - ``versioning``  encoder fingerprints: a collection built with another version of its encoder is *stale*.
 - ``batching``    decode/embed files in batches (image decoding in worker processes).
+- ``executors``   who embeds an ``add``: ``local`` (this process) or ``ray`` (an actor pool; ``executors/ray_pool.py``).
+- ``sharding``    sharded collections on Ray: shards built as Ray tasks, searched by one actor per shard.
 
 The surface, for a server that opens collections read-only and never writes::
 
@@ -39,6 +41,7 @@ _MODULES = {
     "indexer": ("IndexReport", "ReembedReport", "ProgressFn", "read_captions"),
     "query": ("Filters", "Hit", "MODALITIES", "parse_weights"),
     "similarity": ("Query", "embed_many", "cosine_matrix", "MatrixResult", "similarity_matrix", "save_matrix"),
+    "sharding": ("serve_shards_on_ray",),
     "catalog": ("list_encoders", "describe_encoder", "get_encoder", "parse_memory", "train_encoder"),
 }
 _EXPORTS = {name: module for module, names in _MODULES.items() for name in names}

@@ -104,13 +104,13 @@ class Collection:
 
     def _load_index(self, mmap: bool = False) -> None:
         """Load vectors.faiss; rebuild it from stored vectors if missing, stale (interrupted run) or inconsistent."""
-        from ..index import VectorIndex
+        from ..index.shards import index_files, load_index
 
         path = self.folder / VECTORS_FILE
-        fresh = path.exists() and self.store.get_meta("dirty") != "1"
+        fresh = all(f.exists() for f in index_files(path, self.info.index)) and self.store.get_meta("dirty") != "1"
         if fresh:
             try:
-                self.index = VectorIndex.load(path, self.info.dim, self.info.index, mmap=mmap)
+                self.index = load_index(path, self.info.dim, self.info.index, mmap=mmap)
                 fresh = self.index.ntotal == self.store.count()
             except BadInput:
                 fresh = False
@@ -121,27 +121,33 @@ class Collection:
             self.rebuild_index()
 
     def rebuild_index(self, request: str | None = None, target_recall: float | None = None,
-                      memory_bytes: int | None = None) -> None:
+                      memory_bytes: int | None = None, shards: int | None = None, ray: str | None = None) -> None:
         """Build a new FAISS index from the vectors kept in SQLite (the store is the source of truth).
 
         ``request`` etc. change the collection's index choice (``xsearch reindex --index ...``); by default the
         recorded choice is applied again at the current size, so an ``auto`` collection that grew gets a bigger index.
+        ``shards`` (>= 2) splits it into that many shards (1: one index again), built as Ray tasks when ``ray`` gives
+        an address (``auto`` or HOST:PORT).
         """
         self._writable()
         changes = {k: v for k, v in dict(index_request=request, target_recall=target_recall,
-                                         memory_bytes=memory_bytes).items() if v is not None}
+                                         memory_bytes=memory_bytes, shards=shards).items() if v is not None}
         self.info = self.info.touched(**changes)
-        self.index = self._built_index()
+        self.index = self._built_index(ray)
         self._modality.reset()
         self.save()
 
-    def _built_index(self) -> "VectorIndex":
+    def _built_index(self, ray: str | None = None) -> "VectorIndex":
         """A new FAISS index of every stored vector, as the collection's index choice asks."""
         from ..index import build_index
 
         pairs = list(self.store.iter_vectors(self.info.dim))
         ids = np.concatenate([p[0] for p in pairs]) if pairs else np.zeros(0, np.int64)
         vectors = np.concatenate([p[1] for p in pairs]) if pairs else np.zeros((0, self.info.dim), np.float32)
+        if self.info.shards > 1:
+            from .sharding import build_shards
+
+            return build_shards(vectors, ids, self.info, ray)  # type: ignore[return-value]
         return build_index(vectors, ids, self.info.index_request, self.info.target_recall, self.info.memory_bytes)
 
     def index_outgrown(self) -> bool:
