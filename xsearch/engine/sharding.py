@@ -53,8 +53,11 @@ class ShardSearcher:
 
         self.index = VectorIndex.load(path, dim, IndexSpec.from_dict(spec), mmap=True)
 
-    def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-        return self.index.search(queries, k, allowed)
+    def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None,
+               nprobe: int | None) -> tuple[np.ndarray, np.ndarray]:
+        from ..index.shards import shard_search
+
+        return shard_search(self.index, queries, k, allowed, nprobe)
 
     def ntotal(self) -> int:
         return self.index.ntotal
@@ -79,8 +82,8 @@ def serve_shards_on_ray(col: "Collection", address: str = "auto") -> int:
         raise BadInput(f"collection '{col.name}': shard actors hold {counts} vectors, the files here "
                        f"{[s.ntotal for s in index.shards]}: the shard files changed while starting")
 
-    def fanout(queries: np.ndarray, k: int, allowed: np.ndarray | None) -> list:
-        return ray.get([a.search.remote(queries, k, allowed) for a in actors])
+    def fanout(queries: np.ndarray, k: int, allowed: np.ndarray | None, nprobe: int | None) -> list:
+        return ray.get([a.search.remote(queries, k, allowed, nprobe) for a in actors])
 
     index.fanout = fanout
     index.actors = actors  # type: ignore[attr-defined]  # kept alive with the handle

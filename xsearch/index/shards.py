@@ -25,7 +25,7 @@ from .idset import IdSet
 from .specs import _training_sample, default_memory, resolve, tune
 
 MapFn = Callable[..., Iterable]
-FanOut = Callable[[np.ndarray, int, "np.ndarray | None"], list[tuple[np.ndarray, np.ndarray]]]
+FanOut = Callable[[np.ndarray, int, "np.ndarray | None", "int | None"], list[tuple[np.ndarray, np.ndarray]]]
 ID_MAX = np.iinfo(np.int64).max
 
 
@@ -53,6 +53,18 @@ def split_bounds(ids: np.ndarray, n: int) -> list[int]:
     ids = np.sort(np.asarray(ids, np.int64))
     cuts = [int(ids[len(ids) * i // n]) if len(ids) else i for i in range(1, n)]
     return [0, *cuts, int(ID_MAX)]
+
+
+def shard_search(shard: VectorIndex, queries: np.ndarray, k: int, allowed: "IdSet | np.ndarray | None" = None,
+                 nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """One shard's part of a sharded search: with ``nprobe`` (unfiltered IVF) exactly those lists, as FAISS'
+    ``IndexShards`` asks its shards; otherwise the shard's own ``search``."""
+    if nprobe is None or shard.layout != "ivf" or allowed is not None:
+        return shard.search(queries, k, allowed)
+    if shard.ntotal == 0:
+        return _empty(len(queries), k)
+    scores, ids = shard.index.search(queries, k, params=faiss.SearchParametersIVF(nprobe=int(nprobe)))
+    return np.where(ids >= 0, scores, -np.inf).astype(np.float32), ids
 
 
 def serialize(index: VectorIndex) -> np.ndarray:
@@ -97,6 +109,14 @@ class ShardedIndex:
     @property
     def _hnsw(self):
         return self.shards[0]._hnsw
+
+    @property
+    def nprobe(self) -> int:
+        return self.shards[0].nprobe
+
+    @property
+    def ef_search(self) -> int:
+        return self.shards[0].ef_search
 
     @property
     def read_only(self) -> bool:
@@ -156,14 +176,29 @@ class ShardedIndex:
 
     def search(self, queries: np.ndarray, k: int,
                allowed: "IdSet | np.ndarray | None" = None) -> tuple[np.ndarray, np.ndarray]:
-        """Every shard's top-``k`` (here, or through ``fanout``), merged."""
+        """Every shard's top-``k`` (here, or through ``fanout``), merged. Unfiltered IVF: every shard probes the
+        same ``nprobe`` lists of the shared quantizer (rows short of ``k`` hits: 8x more lists, as unsharded), so the
+        hits equal one index's; filtered searches are each shard's own (always ``k`` hits when ``k`` match)."""
         queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
         k = max(1, min(int(k), self.ntotal)) if self.ntotal else 1
+        if allowed is not None:
+            allowed = IdSet.of(allowed)
+            return merge_topk(self._ask(queries, k, allowed, None), k)
+        nprobe = max(1, self.nprobe) if self._ivf is not None else None
+        scores, ids = merge_topk(self._ask(queries, k, None, nprobe), k)
+        nlist = int(self._ivf.nlist) if self._ivf is not None else 0
+        while nprobe is not None and nprobe < nlist:
+            short = (ids >= 0).sum(axis=1) < min(k, self.ntotal)
+            if not short.any():
+                break
+            nprobe = nlist if nprobe * 8 >= nlist else nprobe * 8
+            scores[short], ids[short] = merge_topk(self._ask(queries[short], k, None, nprobe), k)
+        return scores, ids
+
+    def _ask(self, queries: np.ndarray, k: int, allowed: IdSet | None, nprobe: int | None) -> list:
         if self.fanout is not None:
-            ids = None if allowed is None else (allowed.ids if isinstance(allowed, IdSet) else np.asarray(allowed))
-            return merge_topk(self.fanout(queries, k, ids), k)
-        allowed = None if allowed is None else IdSet.of(allowed)
-        return merge_topk([s.search(queries, k, allowed) for s in self.shards], k)
+            return self.fanout(queries, k, None if allowed is None else allowed.ids, nprobe)
+        return [shard_search(s, queries, k, allowed, nprobe) for s in self.shards]
 
     def to_gpu(self, enable: bool = True) -> bool:
         return all([s.to_gpu(enable) for s in self.shards])
