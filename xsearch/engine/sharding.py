@@ -9,7 +9,8 @@ in-process, shard by shard, with the same merge.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
@@ -67,19 +68,26 @@ def serve_shards_on_ray(col: "Collection", address: str = "auto") -> int:
     """Search ``col``'s shards through one Ray actor each (``xsearch query/serve --ray``); returns the shard count.
     An unsharded collection is left as it is (0)."""
     from ..index.shards import ShardedIndex, shard_paths
-    from .executors.ray_pool import connect
 
     index = col.index
     if not isinstance(index, ShardedIndex):
         return 0
+    attach_shard_actors(index, shard_paths(col.folder / VECTORS_FILE, len(index.shards)), address, col.name)
+    return len(index.shards)
+
+
+def attach_shard_actors(index: "ShardedIndex", files: Sequence[Path], address: str = "auto",
+                        name: str = "index") -> list:
+    """Start one :class:`ShardSearcher` actor per shard file and route ``index.search`` through them."""
+    from .executors.ray_pool import connect
+
     ray = connect(address)
     actor = ray.remote(ShardSearcher).options(num_cpus=0, max_restarts=3, max_task_retries=3)
-    files = shard_paths(col.folder / VECTORS_FILE, len(index.shards))
     spec = index.spec.to_dict()
     actors = [actor.remote(str(f), index.dim, spec) for f in files]
     counts = ray.get([a.ntotal.remote() for a in actors])
     if counts != [s.ntotal for s in index.shards]:
-        raise BadInput(f"collection '{col.name}': shard actors hold {counts} vectors, the files here "
+        raise BadInput(f"{name}: shard actors hold {counts} vectors, the files here "
                        f"{[s.ntotal for s in index.shards]}: the shard files changed while starting")
 
     def fanout(queries: np.ndarray, k: int, allowed: np.ndarray | None, nprobe: int | None) -> list:
@@ -87,4 +95,4 @@ def serve_shards_on_ray(col: "Collection", address: str = "auto") -> int:
 
     index.fanout = fanout
     index.actors = actors  # type: ignore[attr-defined]  # kept alive with the handle
-    return len(actors)
+    return actors
