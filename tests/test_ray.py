@@ -24,7 +24,8 @@ from xsearch.engine import Collection, serve_shards_on_ray
 from xsearch.engine.executors.ray_pool import FAIL_ONCE_ENV
 from xsearch.engine.sharding import _ray_map
 from xsearch.index import VectorIndex
-from xsearch.index.shards import ShardedIndex, build_sharded, load_index, shard_paths
+from xsearch.errors import BadInput
+from xsearch.index.shards import ShardedIndex, build_sharded, load_index, read_manifest, shard_paths
 
 ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.needs_data  # the photos fixture copies dev-photos
@@ -182,6 +183,12 @@ def test_shards_save_load_and_route_adds(tmp_path):
         np.testing.assert_array_equal(loaded.search(q, 10)[1], sharded.search(q, 10)[1])
     exact = np.argsort(-(q @ x[10:].T), axis=1)[:, :10]
     np.testing.assert_array_equal(sharded.search(q, 10)[1], ids[10:][exact])
+    damaged = shard_paths(tmp_path / "vectors.faiss", 3)[1]
+    data = bytearray(damaged.read_bytes())
+    data[-100] ^= 0xFF
+    damaged.write_bytes(bytes(data))
+    with pytest.raises(BadInput, match="shard missing or damaged"):
+        load_index(tmp_path / "vectors.faiss", x.shape[1], spec)
 
 
 def test_sharded_collection_reindex_query_and_ray_actors(ray_local, folder, home, tiny_clip):
@@ -193,7 +200,8 @@ def test_sharded_collection_reindex_query_and_ray_actors(ray_local, folder, home
     assert "in 2 shards" in result.output
     info = json.loads((home / "c" / "collection.json").read_text())
     assert info["shards"] == 2 and info["index"]["params"]["shards"] == 2
-    assert not (home / "c" / "vectors.faiss").exists()
+    assert len(read_manifest(home / "c" / "vectors.faiss")["shards"]) == 2  # vectors.faiss: the shards' manifest
+    assert runner.invoke(app, ["verify", "--home", str(home), "-c", "c"]).exit_code == 0
     with Collection.open(home, "c", read_only=True) as col:  # no Ray: every shard searched here
         assert isinstance(col.index, ShardedIndex) and _hits(col, "a rocket") == before
         assert serve_shards_on_ray(col, "auto") == 2  # now one Ray actor per shard

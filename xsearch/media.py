@@ -10,11 +10,12 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from .errors import BadInput
+from .media_video import VIDEO_EXTS
 
 IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
 TEXT_EXTS = frozenset({".txt", ".md"})
 AUDIO_EXTS = frozenset({".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", ".aif"})
-MODALITIES = ("image", "text", "audio")
+MODALITIES = ("image", "text", "audio", "video")
 MAX_TEXT_CHARS = 20_000
 DRAFT_SIZE = 512  # large JPEGs are decoded at reduced scale (Image.draft) to about this size
 
@@ -51,6 +52,8 @@ def modality_of(path: str | os.PathLike[str]) -> str | None:
         return "text"
     if ext in AUDIO_EXTS:
         return "audio"
+    if ext in VIDEO_EXTS:
+        return "video"
     return _sniff(Path(path)) if not ext else None
 
 

@@ -10,7 +10,9 @@ searched by any fan-out (the engine's Ray shard actors) through ``merge_topk``. 
 """
 from __future__ import annotations
 
+import json
 import os
+import zlib
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
@@ -27,6 +29,8 @@ from .specs import _training_sample, default_memory, resolve, tune
 MapFn = Callable[..., Iterable]
 FanOut = Callable[[np.ndarray, int, "np.ndarray | None", "int | None"], list[tuple[np.ndarray, np.ndarray]]]
 ID_MAX = np.iinfo(np.int64).max
+MANIFEST_FORMAT = "xsearch-shards-1"
+CRC_AT_LOAD = 256 << 20  # shard files up to this size are checksummed at every load (bigger: size only)
 
 
 def shard_paths(path: str | os.PathLike[str], n: int) -> list[Path]:
@@ -204,32 +208,49 @@ class ShardedIndex:
         return all([s.to_gpu(enable) for s in self.shards])
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Each shard to its own file (see :func:`shard_paths`), atomically; ``path`` itself is removed."""
+        """Each shard to its own file (see :func:`shard_paths`), atomically, then ``path`` itself: a small JSON
+        manifest naming them with their sizes and CRC-32s (what a collection checksums and watches)."""
+        files = []
         for shard, file in zip(self.shards, shard_paths(path, len(self.shards))):
-            atomic_write_bytes(file, serialize(shard).tobytes())
-        Path(path).unlink(missing_ok=True)  # an unsharded file left from before would be stale
+            data = serialize(shard).tobytes()
+            atomic_write_bytes(file, data)
+            files.append({"file": file.name, "bytes": len(data), "crc32": zlib.crc32(data), "ntotal": shard.ntotal})
+        manifest = {"format": MANIFEST_FORMAT, "shards": files, "bounds": self.bounds}
+        atomic_write_bytes(path, json.dumps(manifest, indent=1).encode())
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], dim: int, spec: IndexSpec, mmap: bool = False) -> "ShardedIndex":
-        n, bounds = int(spec.params["shards"]), spec.params["shard_bounds"]
-        shards = [VectorIndex.load(file, dim, spec, mmap=mmap) for file in shard_paths(path, n)]
-        return cls(dim, spec, shards, bounds)
+        """Read the manifest at ``path`` and its shards; BadInput if a shard is missing or not what was saved."""
+        manifest = read_manifest(path)
+        shards = []
+        for entry in manifest["shards"]:
+            file = Path(path).with_name(entry["file"])
+            size = file.stat().st_size if file.is_file() else None
+            if size != entry["bytes"] or (size <= CRC_AT_LOAD and zlib.crc32(file.read_bytes()) != entry["crc32"]):
+                raise BadInput(f"{file}: shard missing or damaged (not the file saved with {Path(path).name})")
+            shards.append(VectorIndex.load(file, dim, spec, mmap=mmap))
+        return cls(dim, spec, shards, manifest["bounds"])
+
+
+def read_manifest(path: str | os.PathLike[str]) -> dict:
+    """The shard manifest at ``path`` (BadInput if it is not one)."""
+    try:
+        manifest = json.loads(Path(path).read_bytes())
+        assert manifest["format"] == MANIFEST_FORMAT and manifest["shards"]
+        return manifest
+    except (OSError, ValueError, KeyError, TypeError, AssertionError):
+        raise BadInput(f"{path}: not a shard manifest of xsearch") from None
 
 
 def is_sharded(spec: IndexSpec | None) -> bool:
     return bool(spec and int(spec.params.get("shards", 1) or 1) > 1)
 
 
-def index_files(path: str | os.PathLike[str], spec: IndexSpec | None) -> list[Path]:
-    """The files an index with ``spec`` is saved in."""
-    return shard_paths(path, int(spec.params["shards"])) if is_sharded(spec) else [Path(path)]
-
-
 def load_index(path: str | os.PathLike[str], dim: int, spec: IndexSpec | None,
                mmap: bool = False) -> "VectorIndex | ShardedIndex":
-    """``VectorIndex.load`` or, for a sharded spec, ``ShardedIndex.load``."""
+    """``VectorIndex.load`` or, for a sharded spec, ``ShardedIndex.load`` (``path`` is then its manifest)."""
     if is_sharded(spec):
-        return ShardedIndex.load(path, dim, spec, mmap=mmap)
+        return ShardedIndex.load(path, dim, spec, mmap=mmap)  # type: ignore[arg-type]
     return VectorIndex.load(path, dim, spec, mmap=mmap)
 
 
