@@ -210,6 +210,14 @@ def test_sharded_collection_reindex_query_and_ray_actors(ray_local, folder, home
                             "-m", "any"])
     assert q.exit_code == 0, q.output
     assert [Path(json.loads(line)["path"]).name for line in q.stdout.splitlines()] == before
+    from fastapi.testclient import TestClient
+
+    from xsearch.server import create_app
+
+    with TestClient(create_app(home, ["c"], allowed_hosts=None, ray="auto")) as client:  # xsearch serve --ray
+        r = client.get("/api/search", params={"q": "a rocket", "k": 5, "modality": "any"})
+        assert r.status_code == 200, r.text
+        assert [Path(h["path"]).name for h in r.json()["hits"]] == before
     with Collection.open(home, "c") as col:  # adding to a sharded collection keeps it sharded
         extra = folder / "more"
         extra.mkdir()
