@@ -121,7 +121,9 @@ class RayExecutor:
 
 
 def _supported(encoder: Encoder, f: FileInfo, on_error: OnError) -> bool:
-    if encoder.supports(f.modality):
+    from ..indexer import EMBEDS_AS
+
+    if encoder.supports(EMBEDS_AS.get(f.modality, f.modality)):  # a video is embedded through its frames
         return True
     on_error(f.path, f"{f.path}: encoder '{encoder.id}' cannot embed {f.modality}; skipped")
     return False
