@@ -26,6 +26,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
+RayOpt = typer.Option(None, "--ray", metavar="auto|ADDRESS",
+                      help="Run on Ray: 'auto' (RAY_ADDRESS, a local `ray start`, else a new local Ray) or a cluster address.")
 HomeOpt = typer.Option(None, "--home", envvar="XSEARCH_HOME", help="Folder holding collections [default: ./indexes].")
 CollectionOpt = typer.Option(DEFAULT_COLLECTION, "--collection", "-c", help="Collection name inside the home folder.")
 JsonOpt = typer.Option(False, "--json", help="Machine-readable JSON output.")
@@ -130,6 +132,7 @@ def index(
     memory: Optional[str] = typer.Option(None, "--memory", help="Memory budget for the index, e.g. 4G [default: half the RAM]."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Image decode worker processes [default: by core count; none below 4 CPU cores]."),
     batch_size: int = typer.Option(32, "--batch-size", help="Images per inference batch."),
+    ray: Optional[str] = RayOpt,
     wait: bool = WaitOpt,
     quiet: bool = QuietOpt,
     as_json: bool = JsonOpt,
@@ -146,7 +149,7 @@ def index(
                          target_recall=target_recall, memory_bytes=parse_memory(memory), wait=wait, say=_say) as col:
         with _progress(not (quiet or as_json), "embedding") as update:
             report = col.add([str(p) for p in paths or []], captions=captions, progress=update, workers=workers,
-                             batch_size=batch_size)
+                             batch_size=batch_size, executor=f"ray:{ray}" if ray else "local")
         _print_report(col, report, quiet, as_json)
 
 
@@ -179,21 +182,31 @@ def query(
     tag: Optional[List[str]] = typer.Option(None, "--tag", help="Only items with this tag (repeatable)."),
     since: Optional[datetime] = typer.Option(None, "--since", help="Only files modified at or after this time (ISO date)."),
     until: Optional[datetime] = typer.Option(None, "--until", help="Only files modified at or before this time (ISO date)."),
+    taken_after: Optional[datetime] = typer.Option(None, "--taken-after", help="Only photos taken at or after this time (EXIF, ISO date)."),
+    taken_before: Optional[datetime] = typer.Option(None, "--taken-before", help="Only photos taken at or before this time (EXIF, ISO date)."),
+    camera: Optional[str] = typer.Option(None, "--camera", help="Only photos whose camera make or model contains this (any case)."),
+    near: Optional[str] = typer.Option(None, "--near", help="Only photos within KM of a GPS point: LAT,LON,KM."),
+    sort: str = typer.Option("score", "--sort", help="Order of the hits: score, or date (newest capture first)."),
+    min_score: Optional[str] = typer.Option(None, "--min-score", help="Drop hits scoring below this; 'auto': the encoder's default (see `xsearch info`)."),
     encoder: Optional[str] = typer.Option(None, "--encoder", "-e", help="Must match the collection's encoder if given."),
+    ray: Optional[str] = RayOpt,
     home: Optional[Path] = HomeOpt,
     collection: str = CollectionOpt,
     as_json: bool = JsonOpt,
 ) -> None:
     """Search a collection with text, an image, audio, or a weighted mix of them."""
-    from .engine import Collection, Filters, parse_weights
+    from .engine import Collection, Filters, parse_near, parse_weights, serve_shards_on_ray
 
     if k < 1:
         raise BadInput(f"-k must be at least 1 (got {k})")
     filters = Filters(modalities=(modality,) if modality else None, under=tuple(under or ()), tags=tuple(tag or ()),
-                      since=since, until=until)
+                      since=since, until=until, taken_after=taken_after, taken_before=taken_before, camera=camera,
+                      near=parse_near(near), sort=sort, min_score=_min_score(min_score))
     if file is None and text is None and image is None and audio is None:
         raise BadInput("give a TEXT query, --image FILE, --audio FILE or --file QUERIES.txt")
     with Collection.open(_home(home), collection, encoder=encoder, read_only=True) as col:
+        if ray:
+            serve_shards_on_ray(col, ray)  # sharded: one Ray actor per shard; otherwise searched here as always
         if file is not None:
             _query_file(col, file, k, filters, all_moments)
             return
@@ -202,6 +215,15 @@ def query(
         _print_hits(hits, as_json)
     global _skip_teardown
     _skip_teardown = True
+
+
+def _min_score(value: str | None) -> float | str | None:
+    if value is None or value.strip().lower() == "auto":
+        return value and "auto"
+    try:
+        return float(value)
+    except ValueError:
+        raise BadInput(f"--min-score '{value}': expected a number or 'auto'") from None
 
 
 def _query_file(col, file: Path, k: int, filters, all_moments: bool = False) -> None:
@@ -277,7 +299,7 @@ def info(
         return
     table = Table(show_header=False)
     for key in ("name", "path", "encoder", "encoder_fingerprint", "dim", "items", "counts", "index", "created",
-                "updated", "bytes"):
+                "updated", "bytes", "min_score_default"):
         value = stats.get(key)
         table.add_row(key, json.dumps(value) if isinstance(value, (dict, list)) else str(value))
     out.print(table)
@@ -291,6 +313,8 @@ def reindex(
     reembed: bool = typer.Option(False, "--reembed", help="First re-embed every item from its file (captions from their "
                                  "text) with this xsearch's version of the encoder; keeps metadata and tags."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Image decode worker processes (with --reembed)."),
+    shards: Optional[int] = typer.Option(None, "--shards", min=1, help="Split the index into N shards over disjoint id ranges (1: one index)."),
+    ray: Optional[str] = RayOpt,
     home: Optional[Path] = HomeOpt,
     collection: str = CollectionOpt,
     wait: bool = WaitOpt,
@@ -311,7 +335,7 @@ def reindex(
             for path, reason in report.dropped:
                 err.print(f"[yellow]dropped:[/yellow] {escape(reason or path)}", highlight=False)
         else:
-            col.rebuild_index(index_spec, target_recall, parse_memory(memory))
+            col.rebuild_index(index_spec, target_recall, parse_memory(memory), shards, ray)
         spec, count = col.index_spec, len(col)
     if as_json:
         out.print_json(json.dumps({**spec.to_dict(), **result}))
@@ -322,7 +346,8 @@ def reindex(
                   f"{r['new_fingerprint'] or '(unversioned)'} ({r['resumed']} from an interrupted run), "
                   f"{r['removed']} removed", highlight=False)
     recall = "exact" if spec.recall is None else f"recall@10 {spec.recall:.3f}"
-    err.print(f"{collection}: {spec.kind} index ({spec.factory}), {recall}, {count} vectors", highlight=False)
+    sharded = f" in {spec.params['shards']} shards" if spec.params.get("shards", 1) > 1 else ""
+    err.print(f"{collection}: {spec.kind} index ({spec.factory}){sharded}, {recall}, {count} vectors", highlight=False)
 
 
 @command()
@@ -357,6 +382,37 @@ def rm(
             err.print(f"{removed} items removed; {len(col)} left")
     if removed == 0:
         raise BadInput(f"{', '.join(map(str, paths))}: not in collection '{collection}'")
+
+
+@command()
+def dupes(
+    threshold: Optional[float] = typer.Option(None, "--threshold", help="Vector cosine above which two photos are candidates [default: 0.80]."),
+    max_hash: Optional[int] = typer.Option(None, "--max-hash", help="pHash Hamming distance (of 64 bits) that confirms a candidate [default: 14]."),
+    under: Optional[List[Path]] = typer.Option(None, "--under", help="Only photos under this path (repeatable)."),
+    home: Optional[Path] = HomeOpt,
+    collection: str = CollectionOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Find duplicate photos (exact copies and near-duplicates) and suggest which to keep; never deletes anything."""
+    from .engine import Collection
+
+    with Collection.open(_home(home), collection, read_only=True) as col:
+        groups = col.dupes(threshold=threshold, max_hash=max_hash, under=[str(p) for p in under or ()])
+    if as_json:
+        for g in groups:
+            sys.stdout.write(json.dumps(g.to_dict()) + "\n")
+        return
+    if not groups:
+        err.print("no duplicates")
+        return
+    for n, g in enumerate(groups, start=1):
+        out.print(f"group {n} ({g.kind}, {len(g.members)} files, similarity >= {g.score:.3f})", highlight=False)
+        for r in g.members:
+            mark = "keep" if r is g.keeper else "    "
+            size = f"{r.width}x{r.height}" if r.width else "?"
+            out.print(f"  {mark} {size:>11} {r.taken.isoformat() if r.taken else '-':19} {_short(r.path)}",
+                      highlight=False)
+    err.print(f"{len(groups)} groups, {sum(len(g.members) - 1 for g in groups)} files could go (nothing was deleted)")
 
 
 @command()
@@ -438,11 +494,13 @@ def serve(
     host: str = typer.Option("127.0.0.1", "--host", help="Address to bind; anything but loopback needs --token."),
     port: int = typer.Option(8000, "--port", help="TCP port."),
     token: Optional[str] = typer.Option(None, "--token", envvar="XSEARCH_TOKEN", help="Require 'Authorization: Bearer TOKEN' on /api."),
+    ray: Optional[str] = RayOpt,
 ) -> None:
     """Serve the web page and the HTTP API (read-only) over the collections of a home folder."""
     from .server import serve as run
 
-    run(_home(home), collection or None, host=host, port=port, token=token, say=lambda line: err.print(line, highlight=False))
+    run(_home(home), collection or None, host=host, port=port, token=token, say=lambda line: err.print(line, highlight=False),
+        ray=ray)
 
 
 @command("train")

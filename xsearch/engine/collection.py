@@ -20,13 +20,14 @@ from ..errors import (BadInput, CollectionBusy, DimensionMismatch, EncoderMismat
 from . import indexer
 from .indexer import IndexReport, ProgressFn, ReembedReport
 from .locking import Say, WriterLock
-from .query import Filters, Hit, ModalityIds, default_modalities
+from .query import Filters, Hit, ModalityIds, default_min_score, default_modalities, ranked
 from .similarity import Query, cosine_matrix
 from .versioning import FINGERPRINT_KEY, stale_message, stored_fingerprint
 
 if TYPE_CHECKING:  # pragma: no cover - faiss and SQLAlchemy load with the first open, not with this module
     from ..index import IdSet, VectorIndex
     from ..store import ItemRecord, ItemRow, Store
+    from .dupes import DupeGroup
 
 GENERATION_KEY = "generation"  # meta keys: bumped by every save; the FAISS file's CRC-32, size and mtime at that save
 CRC_KEY, SIZE_KEY, MTIME_KEY = "faiss_crc32", "faiss_size", "faiss_mtime_ns"
@@ -154,7 +155,7 @@ class Collection:
 
     def _index_problem(self, mmap: bool) -> str | None:
         """Why vectors.faiss cannot be used as it is (None: loaded into ``self.index``)."""
-        from ..index import VectorIndex
+        from ..index.shards import load_index
 
         path = self.folder / VECTORS_FILE
         meta = self.store.metas()
@@ -166,7 +167,7 @@ class Collection:
         if damaged:
             return damaged
         try:
-            index = VectorIndex.load(path, self.info.dim, self.info.index, mmap=mmap)
+            index = load_index(path, self.info.dim, self.info.index, mmap=mmap)  # a sharded one too
         except (BadInput, DimensionMismatch) as exc:
             return f"{VECTORS_FILE} is unreadable ({exc})"
         count = self.store.count()
@@ -227,6 +228,7 @@ class Collection:
         try:
             if outer:
                 self.store.writing(True)
+                self.store.upgrade()  # an older metadata schema gains its new columns (migrate.py)
                 self._catch_up()
             yield
         except OSError as exc:
@@ -258,30 +260,36 @@ class Collection:
             self._generation = meta.get(GENERATION_KEY)
 
     def rebuild_index(self, request: str | None = None, target_recall: float | None = None,
-                      memory_bytes: int | None = None) -> None:
+                      memory_bytes: int | None = None, shards: int | None = None, ray: str | None = None) -> None:
         """Build a new FAISS index from the vectors kept in SQLite (the store is the source of truth).
 
         ``request`` etc. change the collection's index choice (``xsearch reindex --index ...``); by default the
         recorded choice is applied again at the current size, so an ``auto`` collection that grew gets a bigger index.
+        ``shards`` (>= 2) splits it into that many shards (1: one index again), built as Ray tasks when ``ray`` gives
+        an address (``auto`` or HOST:PORT).
         """
         if request is not None or target_recall is not None:
             _check_index_choice(request or self.info.index_request,
                                 self.info.target_recall if target_recall is None else target_recall, self.info.dim)
         with self._writing():
             changes = {k: v for k, v in dict(index_request=request, target_recall=target_recall,
-                                             memory_bytes=memory_bytes).items() if v is not None}
+                                             memory_bytes=memory_bytes, shards=shards).items() if v is not None}
             self.info = self.info.touched(**changes)
-            self.index = self._built_index()
+            self.index = self._built_index(ray)
             self._modality.reset()
             self.save()
 
-    def _built_index(self) -> "VectorIndex":
+    def _built_index(self, ray: str | None = None) -> "VectorIndex":
         """A new FAISS index of every stored vector, as the collection's index choice asks."""
         from ..index import build_index
 
         pairs = list(self.store.iter_vectors(self.info.dim))
         ids = np.concatenate([p[0] for p in pairs]) if pairs else np.zeros(0, np.int64)
         vectors = np.concatenate([p[1] for p in pairs]) if pairs else np.zeros((0, self.info.dim), np.float32)
+        if self.info.shards > 1:
+            from .sharding import build_shards
+
+            return build_shards(vectors, ids, self.info, ray)  # type: ignore[return-value]
         return build_index(vectors, ids, self.info.index_request, self.info.target_recall, self.info.memory_bytes)
 
     def index_outgrown(self) -> bool:
@@ -350,18 +358,22 @@ class Collection:
     # ---- writing ------------------------------------------------------------------------------
     def add(self, paths: Sequence[str | os.PathLike[str]] | str | os.PathLike[str],
             captions: str | os.PathLike[str] | None = None, progress: ProgressFn | None = None,
-            workers: int | None = None, batch_size: int = 32) -> IndexReport:
+            workers: int | None = None, batch_size: int = 32, executor: str = "local") -> IndexReport:
         """Index files/folders incrementally (new or changed files only; deleted files dropped), then captions.
 
-        Unreadable files are skipped and listed in the report; nothing already indexed is lost.
+        Unreadable files are skipped and listed in the report; nothing already indexed is lost. ``executor``:
+        ``local`` (this process) or ``ray`` / ``ray:ADDRESS`` (decode + embed on a Ray cluster, commit here).
         """
+        from .executors import get_executor
+
         paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
         self._writable()
         encoder = self.encoder
         with self._writing():
             writer = _Writer(self)
             try:
-                report = (indexer.add_files(self.store, writer, encoder, paths, progress, workers, batch_size)
+                report = (indexer.add_files(self.store, writer, encoder, paths, progress, workers, batch_size,
+                                            get_executor(executor))
                           if paths else IndexReport())
                 if captions is not None:
                     indexer.add_captions(self.store, writer, encoder, captions, report)
@@ -479,15 +491,17 @@ class Collection:
                vector: np.ndarray | None = None, k: int = 10, modality: str | Sequence[str] | None = None,
                weights: dict[str, float] | None = None, filters: Filters | None = None, *,
                under: Sequence[str | os.PathLike[str]] | None = None, tags: Sequence[str] | None = None,
-               since: datetime | None = None, until: datetime | None = None, all_moments: bool = False) -> list[Hit]:
+               since: datetime | None = None, until: datetime | None = None, all_moments: bool = False,
+               **photo) -> list[Hit]:
         """Nearest items to a text / image / audio query (or a fused mix, or a raw ``vector``).
 
         ``filters`` (:class:`Filters`), or the same as keywords: ``modality`` (what to return: ``image``, ``text``,
         ``audio``, ``any`` or a list; default: a text-only query returns images and audio, other queries any
-        modality), ``under`` (path prefixes), ``tags``, ``since``/``until`` (file modification time).
+        modality), ``under`` (path prefixes), ``tags``, ``since``/``until`` (file modification time), and the photo
+        keywords ``taken_after``, ``taken_before``, ``camera``, ``near``, ``min_score``, ``sort`` (see :class:`Filters`).
         A video is one hit at its best-matching moment (``Hit.t``), or one hit per moment with ``all_moments``.
         """
-        f = Filters.make(filters, modality=modality, under=under, tags=tags, since=since, until=until)
+        f = Filters.make(filters, modality=modality, under=under, tags=tags, since=since, until=until, **photo)
         q = vector if vector is not None else self.embed(text, image, audio, weights)
         text_only = vector is None and image is None and audio is None
         return self.search_vectors(np.atleast_2d(q), k, f, text_only=text_only, all_moments=all_moments)[0]
@@ -495,9 +509,9 @@ class Collection:
     def search_many(self, texts: Sequence[str], k: int = 10, modality: str | Sequence[str] | None = None,
                     filters: Filters | None = None, *, under: Sequence[str | os.PathLike[str]] | None = None,
                     tags: Sequence[str] | None = None, since: datetime | None = None,
-                    until: datetime | None = None, all_moments: bool = False) -> list[list[Hit]]:
+                    until: datetime | None = None, all_moments: bool = False, **photo) -> list[list[Hit]]:
         """Run many text queries in one batch (same filters as :meth:`search`)."""
-        f = Filters.make(filters, modality=modality, under=under, tags=tags, since=since, until=until)
+        f = Filters.make(filters, modality=modality, under=under, tags=tags, since=since, until=until, **photo)
         if not texts:
             return []
         return self.search_vectors(self.encoder.encode_text(list(texts)), k, f, text_only=True,
@@ -529,7 +543,8 @@ class Collection:
             rows = self.store.get(np.unique(ids[ids >= 0]).tolist())
             out = [_hits(s, i, rows, k, collapse) for s, i in zip(scores, ids)]
             if not collapse or fetch >= self.index.ntotal or all(len(h) >= k for h in out):
-                return out
+                cutoff = filters.cutoff(self.info.encoder)
+                return [ranked(h, rows, cutoff, filters.sort) for h in out]
             fetch = min(fetch * 4, self.index.ntotal)
 
     def _allowed(self, filters: Filters, modalities: list[str] | None) -> "IdSet | None":
@@ -543,6 +558,15 @@ class Collection:
         if modalities is None or set(present) <= set(modalities):
             return None
         return self._modality.idset([m for m in modalities if m in present])
+
+    def dupes(self, threshold: float | None = None, max_hash: int | None = None,
+              under: Sequence[str | os.PathLike[str]] | None = None) -> list["DupeGroup"]:
+        """Groups of duplicate photos (exact and near), each with a suggested keeper; see ``engine/dupes.py``."""
+        from .dupes import DEFAULT_MAX_HASH, DEFAULT_THRESHOLD, find_dupes
+
+        paths = [str(Path(p).expanduser().resolve()) for p in under or ()]
+        return find_dupes(self, DEFAULT_THRESHOLD if threshold is None else threshold,
+                          DEFAULT_MAX_HASH if max_hash is None else max_hash, paths or None)
 
     # ---- reading items ------------------------------------------------------------------------
     def item(self, item_id: int) -> "ItemRow":
@@ -589,6 +613,7 @@ class Collection:
         """collection.json contents plus live counts and file sizes."""
         data = self.info.to_dict()
         data.update(path=str(self.folder), items=self.index.ntotal, counts=self.store.counts(),
+                    min_score_default=default_min_score(self.info.encoder),
                     bytes={f: (self.folder / f).stat().st_size for f in (VECTORS_FILE, META_FILE)
                            if (self.folder / f).exists()})
         return data
@@ -619,6 +644,9 @@ class _Writer:
     def touch(self, ids_mtimes: Iterable[tuple[int, int]]) -> None:
         self.col.store.touch(ids_mtimes)
 
+    def annotate(self, fields_by_id: dict[int, dict]) -> None:
+        self.col.store.annotate(fields_by_id)
+
     def write_group(self, parent: "ItemRecord", children: Sequence["ItemRecord"], vectors: np.ndarray) -> list[int]:
         """Store a video (no vector) with its moments, replacing its old ones, and index the moments' vectors."""
         vectors = self.col._checked(vectors) if len(vectors) else vectors
@@ -644,7 +672,7 @@ def _hits(scores: np.ndarray, ids: np.ndarray, rows: dict[int, "ItemRow"], k: in
             if row.parent_id in videos:
                 continue
             videos.add(row.parent_id)
-        hits.append(Hit(len(hits) + 1, float(score), row.path, row.modality, row.text, row.id, row.t))
+        hits.append(Hit(len(hits) + 1, float(score), row.path, row.modality, row.text, row.id, row.t, row.taken))
     return hits
 
 

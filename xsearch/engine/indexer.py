@@ -18,6 +18,7 @@ import numpy as np
 from ..encoders.base import Encoder
 from ..errors import BadInput
 from ..media import AUDIO_EXTS, IMAGE_EXTS, TEXT_EXTS, FileInfo, discover, file_hash
+from ..media_formats import META_VERSION, photo_fields
 from ..media_video import VIDEO_EXTS
 from .batching import Batch, embed_audio, embed_images, embed_texts
 from .video import embed_videos, is_video_batch, stage_videos, write_video
@@ -46,6 +47,8 @@ class ItemWriter(Protocol):
     def delete(self, ids: Sequence[int]) -> list[int]: ...
 
     def touch(self, ids_mtimes: Iterable[tuple[int, int]]) -> None: ...
+
+    def annotate(self, fields_by_id: dict[int, dict]) -> None: ...
 
     def write_group(self, parent: ItemRecord, children: Sequence[ItemRecord], vectors: np.ndarray) -> list[int]: ...
 
@@ -83,6 +86,7 @@ class _Plan:
     touched: list[tuple[int, int]] = field(default_factory=list)
     unchanged: int = 0
     gone: list[int] = field(default_factory=list)
+    stale_meta: dict[int, str] = field(default_factory=dict)  # id -> path: unchanged photos whose EXIF is unread
 
 
 def plan(reader: ItemReader, roots: Sequence[str | os.PathLike[str]]) -> _Plan:
@@ -97,13 +101,17 @@ def plan(reader: ItemReader, roots: Sequence[str | os.PathLike[str]]) -> _Plan:
         row = stored.get(f.path)
         if row is None:
             out.new.append(f)
-        elif row.size == f.size and row.mtime_ns == f.mtime_ns:
+            continue
+        if row.size == f.size and row.mtime_ns == f.mtime_ns:
             out.unchanged += 1
         elif row.sha256 == _hash_or_none(f.path):
             out.touched.append((row.id, f.mtime_ns))
             out.unchanged += 1
         else:
             out.changed.append(f)
+            continue
+        if row.modality == "image" and row.meta_version != META_VERSION:
+            out.stale_meta[row.id] = f.path
     seen = {f.path for f in files}
     folder_roots = [_abs(r) for r in roots if Path(r).is_dir()]
     if folder_roots:
@@ -124,14 +132,18 @@ def _hash_or_none(path: str) -> str | None:
 
 
 def add_files(reader: ItemReader, writer: ItemWriter, encoder: Encoder, roots: Sequence[str | os.PathLike[str]],
-              progress: ProgressFn | None = None, workers: int | None = None, batch_size: int = 32) -> IndexReport:
-    """Index new/changed files under ``roots`` and drop stored files that no longer exist there."""
+              progress: ProgressFn | None = None, workers: int | None = None, batch_size: int = 32,
+              embed: Callable[..., None] | None = None) -> IndexReport:
+    """Index new/changed files under ``roots`` and drop stored files that no longer exist there; ``embed``
+    (an executor, default :func:`embed_files`) decodes and embeds, calling back here to commit each batch."""
     p = plan(reader, roots)
     report = IndexReport(unchanged=p.unchanged)
     if p.gone:
         report.removed = len(writer.delete(p.gone))
     if p.touched:
         writer.touch(p.touched)
+    if p.stale_meta:  # an older schema or EXIF reader: re-read metadata, keep the vector
+        writer.annotate({item_id: photo_fields(path) for item_id, path in p.stale_meta.items()})
     todo = p.new + p.changed
     changed = {f.path for f in p.changed}
     progress = progress or (lambda advance, total: None)
@@ -150,7 +162,7 @@ def add_files(reader: ItemReader, writer: ItemWriter, encoder: Encoder, roots: S
         report.skipped.append((path, reason))
         progress(1, len(todo))
 
-    embed_files(encoder, todo, on_batch, on_error, workers, batch_size)
+    (embed or embed_files)(encoder, todo, on_batch, on_error, workers, batch_size)
     return report
 
 
@@ -180,10 +192,11 @@ def embed_files(encoder: Encoder, todo: Sequence[FileInfo], on_batch: Callable[[
 def _record(f: FileInfo, extra: dict) -> "ItemRecord":
     from ..store import ItemRecord
 
+    photo = photo_fields(f.path) if f.modality == "image" else {}
     return ItemRecord(key=f.path, path=f.path, modality=f.modality, size=f.size, mtime_ns=f.mtime_ns,
                       sha256=file_hash(f.path), width=extra.get("width"), height=extra.get("height"),
                       duration=extra.get("duration"), sample_rate=extra.get("sample_rate"),
-                      text=(extra.get("text") or "")[:2000] or None)
+                      text=(extra.get("text") or "")[:2000] or None, **photo)
 
 
 # ---- captions ----------------------------------------------------------------------------------

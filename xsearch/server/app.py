@@ -18,7 +18,7 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
-from ..engine import TAG_TEMPLATES, Filters, parse_weights
+from ..engine import TAG_TEMPLATES, Filters, parse_near, parse_weights
 from ..errors import BadInput, MissingItem
 from . import funnel
 from .funnel import Forbidden, Unauthorized
@@ -48,13 +48,14 @@ class Settings:
 
 def create_app(home: str | os.PathLike[str], collections: list[str] | None = None, token: str | None = None,
                allowed_hosts: tuple[str, ...] | None = LOOPBACK_HOSTS, thumb_cache_bytes: int = 256 * 1024 * 1024,
-               warm: bool = True) -> FastAPI:
+               warm: bool = True, ray: str | None = None) -> FastAPI:
     """The app serving ``collections`` (default: all) of ``home`` read-only; ``token`` guards every /api route but
     /api/health. ``allowed_hosts`` (loopback names by default, ``None`` = any) stops DNS-rebinding pages from
-    reading a loopback server. ``warm`` loads collections and encoders in a background thread at start."""
+    reading a loopback server. ``warm`` loads collections and encoders in a background thread at start. ``ray``
+    (``auto`` or an address): sharded collections are searched by Ray shard actors."""
     settings = Settings(Path(home), list(collections) if collections else None, token,
                         None if token else allowed_hosts, thumb_cache_bytes)
-    library = Library(settings.home, settings.collections)
+    library = Library(settings.home, settings.collections, ray)
     thumbs = ThumbCache(settings.home / ".xsearch-cache" / "thumbs", thumb_cache_bytes)
 
     @asynccontextmanager
@@ -145,12 +146,19 @@ def search_args(
     tag: Optional[List[str]] = Query(None, description="Only items with this tag (repeatable)."),
     since: Optional[str] = Query(None, description="Files modified at or after (ISO date)."),
     until: Optional[str] = Query(None, description="Files modified at or before (ISO date)."),
+    taken_after: Optional[str] = Query(None, description="Photos taken at or after (EXIF, ISO date)."),
+    taken_before: Optional[str] = Query(None, description="Photos taken at or before (EXIF, ISO date)."),
+    camera: Optional[str] = Query(None, max_length=200, description="Camera make or model contains this (any case)."),
+    near: Optional[str] = Query(None, description="Photos within KM of a GPS point: LAT,LON,KM."),
+    sort: str = Query("score", description="score, or date (newest capture first)."),
     all_moments: bool = Query(False, description="Every matching moment of a video, not only its best."),
 ) -> SearchArgs:
     """The filters every search route takes, as the CLI spells them."""
     mods = [m for part in modality or [] for m in part.split(",") if m] or None
     filters = Filters(modalities=tuple(mods) if mods else None, under=tuple(under or ()), tags=tuple(tag or ()),
-                      since=_when(since, "since"), until=_when(until, "until"))
+                      since=_when(since, "since"), until=_when(until, "until"),
+                      taken_after=_when(taken_after, "taken_after"), taken_before=_when(taken_before, "taken_before"),
+                      camera=camera, near=parse_near(near, "near"), sort=sort)
     return SearchArgs(collection, k, min_score, filters, all_moments)
 
 

@@ -7,7 +7,7 @@ from typing import Optional
 from sqlalchemy import ForeignKey, Index, LargeBinary, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, deferred, mapped_column
 
-STORE_SCHEMA_VERSION = 1
+STORE_SCHEMA_VERSION = 2  # 2: video moment time t, photo metadata (taken, camera, lens, GPS); see store/migrate.py
 
 
 def utcnow() -> datetime:
@@ -33,6 +33,7 @@ class Item(Base):
     ``<video path>#frame@<t>`` / ``#audio@<t>`` for a video's key frames and audio windows (children of the video
     item, which itself has no vector).
     ``id`` is also the item's FAISS id; ``vector`` keeps the embedding so the index can be rebuilt.
+    Columns added by a later schema version are nullable (``store/migrate.py`` adds them to an older database).
     """
 
     __tablename__ = "items"
@@ -54,6 +55,14 @@ class Item(Base):
     updated: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow, index=True)
     vector: Mapped[bytes] = deferred(mapped_column(LargeBinary))  # b"": not in the FAISS index (a video file)
     t: Mapped[Optional[float]]  # a video moment: seconds from the start of its video (parent_id)
+    # schema 2: photo metadata from EXIF (NULL when absent); meta_version: the EXIF reader's version, NULL = not read
+    taken: Mapped[Optional[datetime]] = mapped_column(index=True)
+    camera_make: Mapped[Optional[str]] = mapped_column(Text)
+    camera_model: Mapped[Optional[str]] = mapped_column(Text)
+    lens: Mapped[Optional[str]] = mapped_column(Text)
+    lat: Mapped[Optional[float]] = mapped_column(index=True)
+    lon: Mapped[Optional[float]]
+    meta_version: Mapped[Optional[int]]
 
 
 class Tag(Base):

@@ -10,14 +10,15 @@ from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
-from sqlalchemy import create_engine, delete, event, func, or_, select, update
+from sqlalchemy import create_engine, delete, event, false, func, inspect, or_, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DatabaseError, OperationalError
 from sqlalchemy.pool import QueuePool
-from sqlalchemy.orm import Session, sessionmaker, undefer
+from sqlalchemy.orm import Session, load_only, sessionmaker, undefer
 
 from ..atomic import kill_point
 from ..errors import BadInput, DamagedCollection, SchemaTooNew
+from .migrate import migrate, missing_columns
 from .models import STORE_SCHEMA_VERSION, Base, Item, Meta, Staged, Tag, utcnow
 
 CHUNK = 900  # stay under SQLite's bound-parameter limit
@@ -40,6 +41,13 @@ class ItemRecord:
     text: str | None = None
     source: str | None = None
     parent_id: int | None = None
+    taken: datetime | None = None
+    camera_make: str | None = None
+    camera_model: str | None = None
+    lens: str | None = None
+    lat: float | None = None
+    lon: float | None = None
+    meta_version: int | None = None
     t: float | None = None
 
 
@@ -57,7 +65,8 @@ _ROW_FIELDS = [f.name for f in fields(ItemRow)]
 
 
 def _row(item: Item) -> ItemRow:
-    return ItemRow(**{name: getattr(item, name) for name in _ROW_FIELDS})
+    unloaded = inspect(item).unloaded  # columns an older database lacks (see Store._items) read as None
+    return ItemRow(**{name: getattr(item, name) for name in _ROW_FIELDS if name not in unloaded})
 
 
 def _chunks(values: Sequence, size: int = CHUNK) -> Iterator[Sequence]:
@@ -119,6 +128,8 @@ class Store:
     not). Writers switch the file to WAL mode while they hold the collection's writer lock (:meth:`writing`), so
     readers keep reading during a write, and back to a plain rollback journal afterwards, so a later reader never
     needs to create anything. A damaged database raises DamagedCollection naming the file, wherever it shows up.
+    A writer migrates an older schema in place (``migrate.py``); a reader never does: columns the database lacks
+    read as ``None`` and filters on them match nothing.
     """
 
     def __init__(self, path: str | os.PathLike[str], read_only: bool = False, create: bool = False):
@@ -134,12 +145,14 @@ class Store:
         event.listen(self.engine, "connect", _read_only_pragmas if read_only else _sqlite_pragmas)
         event.listen(self.engine, "handle_error", self._on_error)
         self._session = sessionmaker(self.engine, expire_on_commit=False)
+        self.missing: frozenset[str] = frozenset()
         if not read_only:
             event.listen(self._session, "after_commit", lambda _s: kill_point("sqlite"))
         try:
             if create:
                 Base.metadata.create_all(self.engine)
             self._check_schema(create)
+            self.missing = frozenset(c.name for c in missing_columns(self.engine, Item.__table__))
         except DatabaseError as exc:
             raise _damage(self.path, exc.orig) or BadInput(
                 f"{self.path}: not a readable SQLite database ({exc.orig})") from None
@@ -174,6 +187,22 @@ class Store:
             return
         elif int(version) > STORE_SCHEMA_VERSION:
             raise SchemaTooNew(f"{self.path}: metadata schema {version} is newer than this xsearch ({STORE_SCHEMA_VERSION})")
+
+    def upgrade(self) -> list[str]:
+        """Migrate an older schema in place (called by the holder of the writer lock); return the columns added."""
+        if self.read_only or (not self.missing and self.get_meta("schema_version") == str(STORE_SCHEMA_VERSION)):
+            return []
+        added = migrate(self.engine, Base.metadata, {"schema_version": str(STORE_SCHEMA_VERSION)})
+        self.engine.dispose()  # pooled connections may hold the old table layout
+        self.missing = frozenset()
+        return added
+
+    def _items(self):
+        """``select(Item)`` loading only the columns this database has (an older schema opened read-only)."""
+        if not self.missing:
+            return select(Item)
+        cols = [c for c in Item.__table__.columns if c.name not in self.missing and c.name != "vector"]
+        return select(Item).options(load_only(*[getattr(Item, c.name) for c in cols]))
 
     def close(self) -> None:
         self.engine.dispose()
@@ -257,6 +286,15 @@ class Store:
                 if item is not None:
                     item.mtime_ns = mtime_ns
 
+    def annotate(self, fields_by_id: dict[int, dict]) -> None:
+        """Set metadata columns (e.g. photo EXIF fields) of stored items without touching their vectors."""
+        with self.session() as s, s.begin():
+            for item_id, values in fields_by_id.items():
+                item = s.get(Item, int(item_id))
+                if item is not None:
+                    for name, value in values.items():
+                        setattr(item, name, value)
+
     def delete(self, ids: Sequence[int]) -> list[int]:
         """Delete items and their children (captions); return every id removed."""
         ids = list(ids)
@@ -328,11 +366,10 @@ class Store:
             return [(path, reason or "") for _, path, reason in failed], removed
 
     # ---- reads --------------------------------------------------------------------------------
-    @staticmethod
-    def _by_keys(s: Session, keys: Sequence[str]) -> dict[str, Item]:
+    def _by_keys(self, s: Session, keys: Sequence[str]) -> dict[str, Item]:
         out: dict[str, Item] = {}
         for part in _chunks(list(keys)):
-            for item in s.scalars(select(Item).where(Item.key.in_(part))):
+            for item in s.scalars(self._items().where(Item.key.in_(part))):
                 out[item.key] = item
         return out
 
@@ -344,31 +381,41 @@ class Store:
         out: dict[int, ItemRow] = {}
         with self.session() as s:
             for part in _chunks([int(i) for i in ids]):
-                for item in s.scalars(select(Item).where(Item.id.in_(part))):
+                for item in s.scalars(self._items().where(Item.id.in_(part))):
                     out[item.id] = _row(item)
         return out
 
     def rows(self, *, modalities: Sequence[str] | None = None, under: Sequence[str] | None = None,
              since: datetime | None = None, until: datetime | None = None, tags: Sequence[str] | None = None,
-             source: str | None = None) -> list[ItemRow]:
+             source: str | None = None, **photo) -> list[ItemRow]:
         """Items matching the filters (see :meth:`_filtered`), ordered by id."""
         with self.session() as s:
-            stmt = self._filtered(select(Item), modalities, under, since, until, tags, source).order_by(Item.id)
-            return [_row(i) for i in s.scalars(stmt)]
+            stmt = self._filtered(self._items(), modalities, under, since, until, tags, source, **photo)
+            rows = [_row(i) for i in s.scalars(stmt.order_by(Item.id))]
+        near = photo.get("near")
+        return [r for r in rows if _within(r.lat, r.lon, near)] if near else rows
 
     def ids_where(self, *, modalities: Sequence[str] | None = None, under: Sequence[str] | None = None,
                   since: datetime | None = None, until: datetime | None = None, tags: Sequence[str] | None = None,
-                  source: str | None = None) -> np.ndarray:
+                  source: str | None = None, **photo) -> np.ndarray:
         """Ids of items matching the filters (see :meth:`_filtered`)."""
+        near = photo.get("near")
         with self.session() as s:
-            stmt = self._filtered(select(Item.id), modalities, under, since, until, tags, source)
-            return np.fromiter(s.scalars(stmt), dtype=np.int64)
+            if not near:
+                stmt = self._filtered(select(Item.id), modalities, under, since, until, tags, source, **photo)
+                return np.fromiter(s.scalars(stmt), dtype=np.int64)
+            stmt = self._filtered(select(Item.id, Item.lat, Item.lon), modalities, under, since, until, tags,
+                                  source, **photo)
+            return np.array([i for i, lat, lon in s.execute(stmt) if _within(lat, lon, near)], dtype=np.int64)
 
-    @staticmethod
-    def _filtered(stmt, modalities: Sequence[str] | None, under: Sequence[str] | None, since: datetime | None,
-                  until: datetime | None, tags: Sequence[str] | None, source: str | None):
+    def _filtered(self, stmt, modalities: Sequence[str] | None, under: Sequence[str] | None, since: datetime | None,
+                  until: datetime | None, tags: Sequence[str] | None, source: str | None, *,
+                  taken_after: datetime | None = None, taken_before: datetime | None = None,
+                  camera: str | None = None, near: tuple[float, float, float] | None = None):
         """``stmt`` restricted to: any of ``modalities``; paths under any prefix in ``under``; file mtime within
-        [since, until]; any of ``tags``; captions from CSV ``source``. None means no restriction."""
+        [since, until]; any of ``tags``; captions from CSV ``source``; EXIF capture time within
+        [taken_after, taken_before]; ``camera`` in make or model (case-insensitive); GPS within the bounding box of
+        ``near`` (lat, lon, km; callers refine to the circle). None means no restriction."""
         if modalities:
             stmt = stmt.where(Item.modality.in_(list(modalities)))
         if under:
@@ -381,6 +428,19 @@ class Store:
             stmt = stmt.where(Item.id.in_(select(Tag.item_id).where(Tag.tag.in_(list(tags)))))
         if source is not None:
             stmt = stmt.where(Item.source == source)
+        photo = taken_after or taken_before or camera or near
+        if photo and self.missing:  # an older schema read without migrating: no item has photo metadata yet
+            return stmt.where(false())
+        if taken_after is not None:
+            stmt = stmt.where(Item.taken >= taken_after)
+        if taken_before is not None:
+            stmt = stmt.where(Item.taken <= taken_before)
+        if camera:
+            like = "%" + camera.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+            stmt = stmt.where(or_(func.lower(Item.camera_make).like(like, escape="\\"),
+                                  func.lower(Item.camera_model).like(like, escape="\\")))
+        if near:
+            stmt = stmt.where(*_box(*near))
         return stmt
 
     def tags_of(self, ids: Sequence[int]) -> dict[int, list[tuple[str, float]]]:
@@ -438,6 +498,30 @@ def _under_clause(prefix: str):
     prefix = prefix.rstrip(os.sep)
     escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     return or_(Item.path == prefix, Item.path.like(escaped + os.sep + "%", escape="\\"))
+
+
+EARTH_KM = 6371.0088
+
+
+def _box(lat: float, lon: float, km: float) -> list:
+    """SQL conditions for a lat/lon box that holds every point within ``km`` of (lat, lon)."""
+    dlat = np.degrees(km / EARTH_KM)
+    conds = [Item.lat.is_not(None), Item.lon.is_not(None), Item.lat.between(lat - dlat, lat + dlat)]
+    cos = np.cos(np.radians(lat))
+    if cos > 1e-6:
+        dlon = np.degrees(km / (EARTH_KM * cos))
+        if lon - dlon >= -180 and lon + dlon <= 180:  # a box across the antimeridian: the circle test alone
+            conds.append(Item.lon.between(lon - dlon, lon + dlon))
+    return conds
+
+
+def _within(lat: float | None, lon: float | None, near: tuple[float, float, float]) -> bool:
+    """Great-circle (haversine) distance from (lat, lon) to ``near``'s point is at most its km."""
+    if lat is None or lon is None:
+        return False
+    la1, lo1, la2, lo2 = map(np.radians, (lat, lon, near[0], near[1]))
+    h = np.sin((la2 - la1) / 2) ** 2 + np.cos(la1) * np.cos(la2) * np.sin((lo2 - lo1) / 2) ** 2
+    return bool(2 * EARTH_KM * np.arcsin(np.sqrt(min(1.0, h))) <= near[2])
 
 
 def _ns(when: datetime) -> int:

@@ -5,7 +5,7 @@
   const IMAGE_EXT = /\.(jpe?g|png|webp|gif|bmp|tiff?)$/i;
   const state = {
     collection: "", q: "", file: null, fileKind: null, similarTo: null, modality: "", folder: "", tag: "",
-    since: "", until: "", threshold: 0, hits: [], shown: [], selected: -1, viewing: -1, seq: 0,
+    since: "", until: "", camera: "", sort: "score", threshold: 0, hits: [], shown: [], selected: -1, viewing: -1, seq: 0,
   };
 
   // ---- auth: ?token=... once, then kept in sessionStorage (and a same-site cookie for <img>/<audio>) ----------
@@ -88,6 +88,8 @@
     if (state.tag) p.append("tag", state.tag);
     if (state.since) p.set("since", state.since);
     if (state.until) p.set("until", state.until + "T23:59:59");
+    if (state.camera) p.set("camera", state.camera);
+    if (state.sort !== "score") p.set("sort", state.sort);
     return p;
   }
 
@@ -302,7 +304,7 @@
     state.modality = btn.dataset.m;
     search();
   });
-  for (const id of ["folder", "tag", "since", "until"]) {
+  for (const id of ["folder", "tag", "since", "until", "camera", "sort"]) {
     $(id).addEventListener("change", (e) => { state[id] = e.target.value; search(); });
   }
   $("threshold").addEventListener("input", (e) => {
