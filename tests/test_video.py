@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -94,6 +95,9 @@ def test_all_moments_lists_every_moment_best_first(home, mini, tmp_path):
     assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
     assert [h.rank for h in hits] == list(range(1, len(hits) + 1))
     assert (hits[0].t, hits[0].id) == (best[0].t, best[0].id)
+    with Collection.open(home, "v", encoder=mini, read_only=True) as col:  # file-time filters apply to moments
+        assert col.search(image=tmp_path / "q.png", k=3, since=datetime(2000, 1, 1))[0].t == best[0].t
+        assert col.search(image=tmp_path / "q.png", k=3, until=datetime(2000, 1, 1)) == []
 
 
 def test_the_sound_track_is_searchable_by_sound(home, mini, tmp_path):
@@ -116,6 +120,12 @@ def test_reindexing_an_unchanged_video_is_unchanged_and_a_changed_one_replaces_i
         before = {r.key for r in col.items() if r.parent_id is not None}
         again = col.add([folder])
         assert (again.unchanged, again.added, again.updated) == (1, 0, 0)
+        ids = {r.key: r.id for r in col.items()}
+        vecs = col.vectors([i for k, i in ids.items() if "#" in k])
+        redone = col.reembed()  # `reindex --reembed`: moments found again keep their ids
+        assert redone.dropped == [] and redone.reembedded == len(ids)
+        assert {r.key: r.id for r in col.items()} == ids and len(col) == len(ids) - 1
+        np.testing.assert_allclose(col.vectors([i for k, i in ids.items() if "#" in k]), vecs, atol=1e-4)
         write_clip(folder / "a.mkv", [(CHECKER, 2.0), (solid((30, 30, 200)), 6.0)], noise=2)
         assert col.add([folder]).updated == 1
         after = [r for r in col.items() if r.parent_id is not None]

@@ -5,7 +5,7 @@ A moment is a key frame (an RGB PIL image) or an audio window (a 16 kHz mono flo
 kept only up to one window, so memory stays bounded whatever the length of the video.
 
 Key frames (see :class:`Sampling`): the first frame; a scene change (mean absolute difference of a 32x18 grey
-thumbnail against the previous frame above ``scene_threshold``) once at least ``min_gap`` (N = 1 s) has passed since
+thumbnail against the previous one, looked at up to 10 times a second, above ``scene_threshold``) once at least ``min_gap`` (N = 1 s) has passed since
 the last sampled frame; and at least one frame every ``max_gap`` (M = 5 s) when nothing changes. At most
 ``max_frames`` per video: a long video stretches M to ``duration / (max_frames / 2)`` so periodic frames cover all
 of it, and scene changes get the other half of the budget.
@@ -27,6 +27,10 @@ VIDEO_EXTS = frozenset({".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi"})
 EXTRA_HINT = "pip install 'xsearch[video]'"
 AUDIO_RATE = 16_000
 FRAME_SHORT_SIDE = 320  # sampled frames are scaled to this short side before the encoder's own preprocessing
+SCENE_CHECK_S = 0.1  # scene changes are looked for at most 10 times a second
+# codecs whose decoders can skip non-reference frames (B-frames): about half the decoding of typical camera files,
+# and sampling needs no more than ~10 frames a second anyway
+SKIP_NONREF = frozenset({"h264", "hevc", "mpeg4", "mpeg2video", "mpeg1video"})
 
 
 @dataclass(frozen=True)
@@ -121,6 +125,8 @@ def _walk(av: Any, path: str | os.PathLike[str], container: Any, info: VideoInfo
           with_audio: bool, with_frames: bool) -> Iterator[Moment]:
     vs = container.streams.video[0]
     vs.thread_type = "AUTO"
+    if vs.codec_context.name in SKIP_NONREF:
+        vs.codec_context.skip_frame = "NONREF"
     streams = [vs] + ([container.streams.audio[0]] if with_audio else [])
     frames = _FramePicker(sampling, info.duration) if with_frames else None
     windows = _AudioWindows(av, sampling, info.duration) if with_audio else None
@@ -157,6 +163,7 @@ class _FramePicker:
         self.count = 0
         self.start: float | None = None
         self.index = 0
+        self.checked = -1.0
 
     @property
     def full(self) -> bool:
@@ -165,10 +172,11 @@ class _FramePicker:
     def offer(self, frame: Any, stream: Any) -> Moment | None:
         """The frame as a moment if it is sampled, else None."""
         t = self._time(frame, stream)
-        thumb = frame.reformat(width=32, height=18, format="gray").to_ndarray().astype(np.float32) / 255.0
-        cut = self.prev is not None and float(np.abs(thumb - self.prev).mean()) > self.s.scene_threshold
-        self.prev = thumb
-        self.pending = self.pending or cut
+        if t - self.checked >= SCENE_CHECK_S or self.last_t is None:
+            thumb = frame.reformat(width=32, height=18, format="gray").to_ndarray().astype(np.float32) / 255.0
+            cut = self.prev is not None and float(np.abs(thumb - self.prev).mean()) > self.s.scene_threshold
+            self.prev, self.checked = thumb, t
+            self.pending = self.pending or cut
         gap = None if self.last_t is None else t - self.last_t
         if not (gap is None or gap >= self.max_gap or (self.pending and gap >= self.s.min_gap)) or self.full:
             return None

@@ -120,7 +120,7 @@ def write_video(writer: GroupWriter, parent: "ItemRecord", moments_: Iterable[tu
     from ..store import ItemRecord
 
     children = [ItemRecord(key=moment_key(parent.path, kind, t), path=parent.path, modality="video", t=float(t),
-                           sha256=parent.sha256)
+                           sha256=parent.sha256, mtime_ns=parent.mtime_ns)  # the file's time: --since/--until
                 for kind, t in moments_]
     return writer.write_group(parent, children, vectors)
 
