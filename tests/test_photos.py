@@ -13,7 +13,7 @@ from conftest import DEV_PHOTOS
 from xsearch.cli import app
 
 runner = CliRunner()
-V2_COLUMNS = ("taken", "camera_make", "camera_model", "lens", "lat", "lon", "meta_version")
+V2_COLUMNS = ("t", "taken", "camera_make", "camera_model", "lens", "lat", "lon", "meta_version")
 
 
 def run(*args, ok: bool = True):
@@ -285,6 +285,26 @@ def test_heic_and_dng_are_indexed_with_their_exif(tmp_path, home, mini):
     assert scores["cat.heic"] > 0.95 and scores["cat.dng"] > 0.8 > scores["coffee.jpg"]
     assert names(search(home, "--camera", "iphone", "--near", "37.3,-122.0,10")) == ["cat.heic"]
     assert names(search(home, "--camera", "testcam")) == ["cat.dng"]
+    pytest.importorskip("fastapi")
+    import io
+
+    from fastapi.testclient import TestClient
+    from PIL import Image
+
+    from xsearch.server import create_app
+
+    with TestClient(create_app(home, ["default"]), base_url="http://127.0.0.1:8000") as client:
+        for hit in jsonl(run("query", "a cat", "--home", home, "--json", "-k", "2").stdout):
+            r = client.get(f"/api/items/{hit.get('id') or _id(home, hit['path'])}/thumbnail", params={"size": 160})
+            assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
+            assert max(Image.open(io.BytesIO(r.content)).size) == 160
+
+
+def _id(home: Path, path: str) -> int:
+    from xsearch import Collection
+
+    with Collection.open(home, read_only=True) as col:
+        return next(r.id for r in col.items() if r.path == path)
 
 
 @pytest.mark.needs_data

@@ -592,6 +592,13 @@ class Collection:
             raise BadInput(f"item {item_id} is not a video moment")
         return frame_at(str(self.file_of(item_id)), row.t)
 
+    def image_of(self, item_id: int, size: int | None = None):
+        """An image item's picture as upright RGB (PIL), decoded like for embedding (HEIC, RAW, 16-bit, EXIF
+        orientation); ``size``: a JPEG may be decoded at a reduced scale down to about this size."""
+        from ..media import load_image
+
+        return load_image(self.file_of(item_id), draft=size)
+
     def items(self, filters: Filters | None = None, *, source: str | None = None) -> list["ItemRow"]:
         """Stored items matching ``filters`` (``source``: captions from this CSV), ordered by id."""
         f = filters or Filters()

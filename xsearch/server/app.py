@@ -256,7 +256,8 @@ def _api(library: Library, thumbs: ThumbCache, settings: Settings) -> APIRouter:
             raise MissingItem(f"item {item_id} is {row.modality}: it has no thumbnail")
         path = _served_file(handle, item_id)
         version = (row.sha256 or str(row.mtime_ns or 0))[:16]
-        opener = (lambda: handle.col.moment_frame(item_id)) if row.modality == "video" else None
+        opener = ((lambda: handle.col.moment_frame(item_id)) if row.modality == "video"
+                  else (lambda: handle.col.image_of(item_id, size)))  # HEIC, RAW, 16-bit decode as for embedding
         data = thumbs.get(handle.name, item_id, version, str(path), size, opener)
         return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=86400"})
 
