@@ -134,7 +134,7 @@ def test_tag_command_and_tag_filter(indexed):
     (["index", "{missing}", "--home", "{home}"], "no such file or folder"),
     (["query", "--image", "{missing}", "--home", "{indexed}"], "no such file"),
     (["query", "x", "-k", "0", "--home", "{indexed}"], "-k must be at least 1"),
-    (["query", "x", "--modality", "video", "--home", "{indexed}"], "unknown modality"),
+    (["query", "x", "--modality", "smell", "--home", "{indexed}"], "unknown modality"),
     (["index", "{photos}", "--encoder", "nope:thing", "--home", "{home}"], "unknown encoder"),
 ])
 def test_errors_are_one_line_with_exit_code(args, message, home, indexed, photos, tmp_path):

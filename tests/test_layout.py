@@ -11,7 +11,8 @@ import pytest
 
 PKG = Path(__file__).resolve().parents[1] / "xsearch"
 BOTTOM = {"xsearch.config", "xsearch.errors", "xsearch.atomic"}
-LAYERS = {"xsearch.encoders", "xsearch.index", "xsearch.store", "xsearch.media"}
+MEDIA = {"xsearch.media", "xsearch.media_formats", "xsearch.media_video"}  # decoding: image formats, PyAV video
+LAYERS = {"xsearch.encoders", "xsearch.index", "xsearch.store"} | MEDIA
 # module prefix -> xsearch modules it may import (by prefix); third-party names it must not import
 ALLOWED = {
     "xsearch.cli": {"xsearch.engine", "xsearch.server"} | BOTTOM,  # `xsearch serve` starts the HTTP face
@@ -22,7 +23,9 @@ ALLOWED = {
     "xsearch.store": {"xsearch.store"} | BOTTOM,
     "xsearch.encoders": {"xsearch.encoders", "xsearch.media"} | BOTTOM,
     "xsearch.train": {"xsearch.train", "xsearch.encoders", "xsearch.media", "xsearch.evaluate"} | BOTTOM,
-    "xsearch.media": BOTTOM,
+    "xsearch.media_formats": BOTTOM,
+    "xsearch.media_video": BOTTOM,
+    "xsearch.media": MEDIA | BOTTOM,
     "xsearch.config": BOTTOM,
 }
 FORBIDDEN = {"xsearch.index": {"torch", "sqlalchemy"}, "xsearch.store": {"faiss", "torch"},

@@ -10,11 +10,13 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from .errors import BadInput
+from .media_formats import DECODERS, open_any, to_rgb, upright_size
+from .media_video import VIDEO_EXTS
 
-IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
+IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", *DECODERS})
 TEXT_EXTS = frozenset({".txt", ".md"})
 AUDIO_EXTS = frozenset({".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", ".aif"})
-MODALITIES = ("image", "text", "audio")
+MODALITIES = ("image", "text", "audio", "video")
 MAX_TEXT_CHARS = 20_000
 DRAFT_SIZE = 512  # large JPEGs are decoded at reduced scale (Image.draft) to about this size
 
@@ -51,6 +53,8 @@ def modality_of(path: str | os.PathLike[str]) -> str | None:
         return "text"
     if ext in AUDIO_EXTS:
         return "audio"
+    if ext in VIDEO_EXTS:
+        return "video"
     return _sniff(Path(path)) if not ext else None
 
 
@@ -115,17 +119,18 @@ def load_image(path: str | os.PathLike[str], draft: int | None = DRAFT_SIZE):
 
 
 def open_image(path: str | os.PathLike[str], draft: int | None = DRAFT_SIZE):
-    """Decode an image to RGB (big JPEGs at reduced scale via ``Image.draft``); return it and its original (w, h)."""
+    """Decode an image to upright RGB (big JPEGs at reduced scale via ``Image.draft``; HEIC/RAW via
+    ``media_formats``); return it and its original (w, h)."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         if os.path.getsize(path) == 0:
             raise BadInput(f"{path}: empty file (0 bytes)")
-        with Image.open(path) as im:
-            size = im.size
+        with open_any(path) as im:
+            size = upright_size(im)
             if draft and im.format == "JPEG":
                 im.draft("RGB", (draft, draft))
-            return im.convert("RGB"), size
+            return to_rgb(im), size
     except BadInput:
         raise
     except UnidentifiedImageError:

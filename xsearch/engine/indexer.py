@@ -18,7 +18,10 @@ import numpy as np
 from ..encoders.base import Encoder
 from ..errors import BadInput
 from ..media import AUDIO_EXTS, IMAGE_EXTS, TEXT_EXTS, FileInfo, discover, file_hash
+from ..media_formats import META_VERSION, photo_fields
+from ..media_video import VIDEO_EXTS
 from .batching import Batch, embed_audio, embed_images, embed_texts
+from .video import embed_videos, is_video_batch, stage_videos, write_video
 
 if TYPE_CHECKING:  # pragma: no cover - SQLAlchemy loads with the first write, not with this module
     from ..store import ItemRecord, ItemRow
@@ -44,6 +47,10 @@ class ItemWriter(Protocol):
     def delete(self, ids: Sequence[int]) -> list[int]: ...
 
     def touch(self, ids_mtimes: Iterable[tuple[int, int]]) -> None: ...
+
+    def annotate(self, fields_by_id: dict[int, dict]) -> None: ...
+
+    def write_group(self, parent: ItemRecord, children: Sequence[ItemRecord], vectors: np.ndarray) -> list[int]: ...
 
 
 class Stager(Protocol):
@@ -79,13 +86,14 @@ class _Plan:
     touched: list[tuple[int, int]] = field(default_factory=list)
     unchanged: int = 0
     gone: list[int] = field(default_factory=list)
+    stale_meta: dict[int, str] = field(default_factory=dict)  # id -> path: unchanged photos whose EXIF is unread
 
 
 def plan(reader: ItemReader, roots: Sequence[str | os.PathLike[str]]) -> _Plan:
     """Compare the files under ``roots`` with the store: what is new, changed, unchanged or gone."""
     files = list(discover(roots))
     if not files and not reader.ids_where(under=[_abs(r) for r in roots]).size:
-        exts = ", ".join(sorted(IMAGE_EXTS | TEXT_EXTS | AUDIO_EXTS))
+        exts = ", ".join(sorted(IMAGE_EXTS | TEXT_EXTS | AUDIO_EXTS | VIDEO_EXTS))
         raise BadInput(f"{', '.join(map(str, roots))}: no supported files to index (looked for {exts})")
     stored = reader.by_keys([f.path for f in files])
     out = _Plan()
@@ -93,13 +101,17 @@ def plan(reader: ItemReader, roots: Sequence[str | os.PathLike[str]]) -> _Plan:
         row = stored.get(f.path)
         if row is None:
             out.new.append(f)
-        elif row.size == f.size and row.mtime_ns == f.mtime_ns:
+            continue
+        if row.size == f.size and row.mtime_ns == f.mtime_ns:
             out.unchanged += 1
         elif row.sha256 == _hash_or_none(f.path):
             out.touched.append((row.id, f.mtime_ns))
             out.unchanged += 1
         else:
             out.changed.append(f)
+            continue
+        if row.modality == "image" and row.meta_version != META_VERSION:
+            out.stale_meta[row.id] = f.path
     seen = {f.path for f in files}
     folder_roots = [_abs(r) for r in roots if Path(r).is_dir()]
     if folder_roots:
@@ -128,14 +140,18 @@ def add_files(reader: ItemReader, writer: ItemWriter, encoder: Encoder, roots: S
         report.removed = len(writer.delete(p.gone))
     if p.touched:
         writer.touch(p.touched)
+    if p.stale_meta:  # an older schema or EXIF reader: re-read metadata, keep the vector
+        writer.annotate({item_id: photo_fields(path) for item_id, path in p.stale_meta.items()})
     todo = p.new + p.changed
     changed = {f.path for f in p.changed}
     progress = progress or (lambda advance, total: None)
     progress(0, len(todo))
 
     def on_batch(batch: Batch) -> None:
-        records = [_record(f, extra) for f, extra in zip(batch.files, batch.extras)]
-        writer.write(records, batch.vectors)
+        if is_video_batch(batch):  # one video: its vectors are its moments'
+            write_video(writer, _record(batch.files[0], batch.extras[0]), batch.extras[0]["moments"], batch.vectors)
+        else:
+            writer.write([_record(f, extra) for f, extra in zip(batch.files, batch.extras)], batch.vectors)
         report.updated += sum(f.path in changed for f in batch.files)
         report.added += sum(f.path not in changed for f in batch.files)
         progress(len(batch.files), len(todo))
@@ -148,6 +164,9 @@ def add_files(reader: ItemReader, writer: ItemWriter, encoder: Encoder, roots: S
     return report
 
 
+EMBEDS_AS = {"video": "image"}  # what the encoder must embed for a file of this modality (video: its key frames)
+
+
 def embed_files(encoder: Encoder, todo: Sequence[FileInfo], on_batch: Callable[[Batch], None],
                 on_error: Callable[[str, str], None], workers: int | None = None, batch_size: int = 32) -> None:
     """Embed files grouped by modality, in batches; bad files and unsupported modalities go to ``on_error``."""
@@ -155,13 +174,15 @@ def embed_files(encoder: Encoder, todo: Sequence[FileInfo], on_batch: Callable[[
     for f in todo:
         by_mod.setdefault(f.modality, []).append(f)
     for modality, files in by_mod.items():
-        if not encoder.supports(modality):
+        if not encoder.supports(EMBEDS_AS.get(modality, modality)):
             for f in files:
                 on_error(f.path, f"{f.path}: encoder '{encoder.id}' cannot embed {modality}; skipped")
         elif modality == "image":
             embed_images(encoder, files, on_batch, on_error, batch_size=batch_size, workers=workers)
         elif modality == "text":
             embed_texts(encoder, files, on_batch, on_error)
+        elif modality == "video":
+            embed_videos(encoder, files, on_batch, on_error)
         else:
             embed_audio(encoder, files, on_batch, on_error)
 
@@ -169,10 +190,11 @@ def embed_files(encoder: Encoder, todo: Sequence[FileInfo], on_batch: Callable[[
 def _record(f: FileInfo, extra: dict) -> "ItemRecord":
     from ..store import ItemRecord
 
+    photo = photo_fields(f.path) if f.modality == "image" else {}
     return ItemRecord(key=f.path, path=f.path, modality=f.modality, size=f.size, mtime_ns=f.mtime_ns,
                       sha256=file_hash(f.path), width=extra.get("width"), height=extra.get("height"),
                       duration=extra.get("duration"), sample_rate=extra.get("sample_rate"),
-                      text=(extra.get("text") or "")[:2000] or None)
+                      text=(extra.get("text") or "")[:2000] or None, **photo)
 
 
 # ---- captions ----------------------------------------------------------------------------------
@@ -256,8 +278,11 @@ def stage_reembed(rows: Sequence[ItemRow], stager: Stager, encoder: Encoder, rep
     report.resumed = len(rows) - len(todo)
     progress = progress or (lambda advance, total: None)
     progress(0, len(todo))
-    captions = [r for r in todo if r.parent_id is not None or r.source is not None]
-    files = [r for r in todo if r.parent_id is None and r.source is None]
+    videos = {r.id for r in todo if r.modality == "video" and r.parent_id is None}
+    videos |= {r.parent_id for r in todo if r.modality == "video" and r.parent_id is not None}
+    todo_ = [r for r in todo if r.modality != "video"]
+    captions = [r for r in todo_ if r.parent_id is not None or r.source is not None]
+    files = [r for r in todo_ if r.parent_id is None and r.source is None]
     ids_of = {r.path: r.id for r in files}
 
     def on_batch(batch: Batch) -> None:
@@ -276,6 +301,11 @@ def stage_reembed(rows: Sequence[ItemRow], stager: Stager, encoder: Encoder, rep
         else:
             on_error(r.path, f"{r.path}: file is gone")
     embed_files(encoder, present, on_batch, on_error, workers, batch_size)
+    if videos:
+        report.reembedded += stage_videos([r for r in rows if r.id in videos],
+                                          [r for r in rows if r.parent_id in videos and r.modality == "video"],
+                                          stager.stage, encoder, fp)
+        progress(sum(r.modality == "video" for r in todo), len(todo))
     for start in range(0, len(captions), 256):
         chunk = captions[start : start + 256]
         stager.stage([r.id for r in chunk], encoder.encode_text([r.text or "" for r in chunk]), fp)

@@ -11,7 +11,39 @@ import numpy as np
 
 from ..errors import BadInput
 
-MODALITIES = ("image", "text", "audio")
+MODALITIES = ("image", "text", "audio", "video")
+QUERY_KINDS = ("text", "image", "audio")  # what a (fused) query is made of
+SORTS = ("score", "date")
+# Default --min-score per encoder id (``--min-score auto``): the score that keeps 99% of correct caption->photo
+# matches on 500 flickr8k-train photos (``benchmarks/calibrate_min_score.py --keep 0.99`` prints how it was chosen
+# and how it does on flickr-dev). Re-run it when an encoder's weights change.
+DEFAULT_MIN_SCORE: dict[str, float] = {"xsearch-mini": 0.19}
+
+
+def default_min_score(encoder_id: str) -> float | None:
+    """The calibrated weak-match cutoff of an encoder (None: no calibration, no cutoff)."""
+    return DEFAULT_MIN_SCORE.get(encoder_id)
+
+
+def parse_near(spec: str | None, label: str = "--near") -> tuple[float, float, float] | None:
+    """``"48.85,2.35,10"`` -> (lat, lon, km) for a GPS-radius filter (None when empty)."""
+    if not spec:
+        return None
+    try:
+        lat, lon, km = (float(x) for x in spec.split(","))
+    except ValueError:
+        raise BadInput(f"{label} '{spec}': expected LAT,LON,KM e.g. 48.85,2.35,10") from None
+    return _checked_near((lat, lon, km), label)
+
+
+def _checked_near(near, label: str = "near") -> tuple[float, float, float]:
+    try:
+        lat, lon, km = (float(x) for x in near)
+    except (TypeError, ValueError):
+        raise BadInput(f"{label} {near!r}: expected (lat, lon, km)") from None
+    if not (abs(lat) <= 90 and abs(lon) <= 180 and km >= 0):
+        raise BadInput(f"{label} {near!r}: latitude must be in [-90, 90], longitude in [-180, 180], km >= 0")
+    return lat, lon, km
 
 
 def parse_weights(spec: str | None, label: str = "weights") -> dict[str, float] | None:
@@ -25,7 +57,7 @@ def parse_weights(spec: str | None, label: str = "weights") -> dict[str, float] 
             weights[name.strip()] = float(value)
         except ValueError:
             sep = ""
-        if not sep or name.strip() not in MODALITIES:
+        if not sep or name.strip() not in QUERY_KINDS:
             raise BadInput(f"{label} '{spec}': expected e.g. text=0.3,image=0.7")
     return weights
 
@@ -42,9 +74,13 @@ def _strings(values: str | os.PathLike[str] | Iterable | None) -> tuple[str, ...
 class Filters:
     """What a search (or an item listing) may return. Every field is optional; empty means "no restriction".
 
-    ``modalities``: ``image``/``text``/``audio`` (``any`` or empty: all; ``None``: the query's default: a text-only
-    query returns images and audio, other queries any modality). ``under``: path prefixes (made absolute).
+    ``modalities``: ``image``/``text``/``audio``/``video`` (``any`` or empty: all; ``None``: the query's default: a
+    text-only query returns images, audio and videos, other queries any modality). ``under``: path prefixes (made absolute).
     ``tags``: any of these tags. ``since``/``until``: file modification time bounds (naive = local time).
+    Photos: ``taken_after``/``taken_before`` (EXIF capture time, camera local time), ``camera`` (case-insensitive
+    substring of make or model), ``near`` ((lat, lon, km): within km of a GPS point). ``min_score``: drop weaker
+    hits (a float, or ``"auto"``: the encoder's calibrated default). ``sort``: ``score`` or ``date`` (the top hits
+    by score, then newest capture first; items without EXIF time by file time).
     """
 
     modalities: tuple[str, ...] | None = None
@@ -52,53 +88,86 @@ class Filters:
     tags: tuple[str, ...] = ()
     since: datetime | None = None
     until: datetime | None = None
+    taken_after: datetime | None = None
+    taken_before: datetime | None = None
+    camera: str | None = None
+    near: tuple[float, float, float] | None = None
+    min_score: float | str | None = None
+    sort: str = "score"
 
     def __post_init__(self) -> None:
         if self.modalities is not None:
             mods = _strings(self.modalities)
             bad = [m for m in mods if m not in MODALITIES + ("any",)]
             if bad:
-                raise BadInput(f"unknown modality '{bad[0]}' (use image, text, audio or any)")
+                raise BadInput(f"unknown modality '{bad[0]}' (use image, text, audio, video or any)")
             object.__setattr__(self, "modalities", () if "any" in mods else tuple(dict.fromkeys(mods)))
         object.__setattr__(self, "under", tuple(str(Path(p).expanduser().resolve()) for p in _strings(self.under)))
         object.__setattr__(self, "tags", _strings(self.tags))
-        for name in ("since", "until"):
+        for name in ("since", "until", "taken_after", "taken_before"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, datetime):
                 raise BadInput(f"filter {name}={value!r}: expected a datetime")
+        object.__setattr__(self, "camera", (self.camera or "").strip() or None)
+        if self.near is not None:
+            object.__setattr__(self, "near", _checked_near(self.near))
+        if self.sort not in SORTS:
+            raise BadInput(f"sort '{self.sort}': use score or date")
+        if self.min_score is not None and self.min_score != "auto":
+            try:
+                object.__setattr__(self, "min_score", float(self.min_score))
+            except (TypeError, ValueError):
+                raise BadInput(f"min_score {self.min_score!r}: expected a number or 'auto'") from None
 
     @classmethod
     def make(cls, filters: "Filters | None" = None, *, modality: str | Sequence[str] | None = None,
              under: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None = None,
              tags: str | Sequence[str] | None = None, since: datetime | None = None,
-             until: datetime | None = None) -> "Filters":
-        """``filters`` (or none) with any keyword given here put on top."""
+             until: datetime | None = None, **photo) -> "Filters":
+        """``filters`` (or none) with any keyword given here put on top (``photo``: the photo fields by name)."""
         base = filters or cls()
+        unknown = set(photo) - set(PHOTO_KEYS)
+        if unknown:
+            raise BadInput(f"unknown filter '{sorted(unknown)[0]}'")
         given = {k: v for k, v in dict(modalities=modality, under=under, tags=tags, since=since,
-                                       until=until).items() if v is not None}
+                                       until=until, **photo).items() if v is not None}
         return replace(base, **given) if given else base
 
     @property
     def narrows_rows(self) -> bool:
         """True when anything besides modality restricts the result (these need a metadata lookup)."""
-        return bool(self.under or self.tags or self.since or self.until)
+        return bool(self.under or self.tags or self.since or self.until or self.taken_after or self.taken_before
+                    or self.camera or self.near)
 
     def store_args(self, modalities: Sequence[str] | None = None) -> dict:
         """Keyword arguments for ``Store.ids_where`` / ``Store.rows``."""
         return dict(modalities=list(modalities) if modalities else None, under=list(self.under) or None,
-                    tags=list(self.tags) or None, since=self.since, until=self.until)
+                    tags=list(self.tags) or None, since=self.since, until=self.until, taken_after=self.taken_after,
+                    taken_before=self.taken_before, camera=self.camera, near=self.near)
 
     def to_dict(self) -> dict:
         return {"modalities": list(self.modalities) if self.modalities is not None else None,
                 "under": list(self.under), "tags": list(self.tags),
                 "since": self.since.isoformat() if self.since else None,
-                "until": self.until.isoformat() if self.until else None}
+                "until": self.until.isoformat() if self.until else None,
+                "taken_after": self.taken_after.isoformat() if self.taken_after else None,
+                "taken_before": self.taken_before.isoformat() if self.taken_before else None,
+                "camera": self.camera, "near": list(self.near) if self.near else None,
+                "min_score": self.min_score, "sort": self.sort}
+
+    def cutoff(self, encoder_id: str) -> float | None:
+        """The score below which hits are dropped (``auto``: the encoder's default)."""
+        return default_min_score(encoder_id) if self.min_score == "auto" else self.min_score
+
+
+PHOTO_KEYS = ("taken_after", "taken_before", "camera", "near", "min_score", "sort")
 
 
 @dataclass(frozen=True)
 class Hit:
-    """One search result. ``path`` is the file (for a caption, its image); ``text`` the caption or text snippet;
-    ``id`` the item id (use it with ``Collection.item`` / ``file_of`` / ``similar``)."""
+    """One search result. ``path`` is the file (for a caption, its image; for a video moment, the video); ``text``
+    the caption or text snippet; ``id`` the item id (use it with ``Collection.item`` / ``file_of`` / ``similar``);
+    ``t`` the second of a video moment (None for other items)."""
 
     rank: int
     score: float
@@ -106,14 +175,38 @@ class Hit:
     modality: str
     text: str | None
     id: int
+    t: float | None = None
+    taken: datetime | None = None
 
     def to_dict(self, with_id: bool = False) -> dict:
-        """JSON form: ``{rank, score, path, modality, text}`` (the CLI contract), plus ``id`` if asked."""
+        """JSON form: ``{rank, score, path, modality, text}`` (the CLI contract; a video hit adds ``t``), plus
+        ``id`` if asked and ``taken`` (ISO capture time) for photos that have one."""
         out = {"rank": self.rank, "score": round(self.score, 6), "path": self.path, "modality": self.modality,
                "text": self.text}
+        if self.t is not None:
+            out["t"] = self.t
         if with_id:
             out["id"] = self.id
+        if self.taken is not None:
+            out["taken"] = self.taken.isoformat()
         return out
+
+
+def ranked(hits: list[Hit], rows: dict, cutoff: float | None, sort: str) -> list[Hit]:
+    """Hits at or above ``cutoff``, in ``sort`` order (``date``: newest capture first, else file time), renumbered."""
+    if cutoff is not None:
+        hits = [h for h in hits if h.score >= cutoff]
+    if sort == "date":
+        hits = sorted(hits, key=lambda h: _when(rows.get(h.id)), reverse=True)
+    return [replace(h, rank=i + 1) for i, h in enumerate(hits)]
+
+
+def _when(row) -> datetime:
+    if row is None:
+        return datetime.min
+    if getattr(row, "taken", None) is not None:
+        return row.taken
+    return datetime.fromtimestamp(row.mtime_ns / 1e9) if row.mtime_ns else datetime.min
 
 
 class ModalityReader(Protocol):

@@ -13,7 +13,7 @@ import numpy as np
 
 from ..atomic import atomic_path, atomic_write_bytes
 from ..config import DEFAULT_ENCODER, INFO_FILE, META_FILE, CollectionInfo
-from ..encoders import Encoder, create
+from ..encoders import Encoder, create, l2_normalize
 from ..errors import BadInput, EncoderMismatch
 from ..media import discover, load_text, modality_of
 from .versioning import stale_message, stored_fingerprint
@@ -37,10 +37,18 @@ def embed_many(encoder: Encoder, items: Sequence[Query]) -> np.ndarray:
     embedders = {"image": lambda vs: encoder.encode_images([str(v) for v in vs]),
                  "audio": lambda vs: encoder.encode_audio([str(v) for v in vs]),
                  "text": lambda vs: encoder.encode_text([load_text(v) for v in vs]),
+                 "video": lambda vs: np.stack([video_vector(encoder, str(v)) for v in vs]),
                  "literal": lambda vs: encoder.encode_text([str(v) for v in vs])}
     for kind, idx in groups.items():
         out[idx] = embedders[kind]([items[i] for i in idx])
     return out
+
+
+def video_vector(encoder: Encoder, path: str) -> np.ndarray:
+    """One vector for a whole video: the normalised mean of its moments' vectors."""
+    from .video import embed_video
+
+    return l2_normalize(embed_video(encoder, path).stacked(encoder.dim).mean(axis=0, keepdims=True))[0]
 
 
 def cosine_matrix(encoder: Encoder, rows: Sequence[Query], cols: Sequence[Query]) -> np.ndarray:
@@ -89,7 +97,7 @@ def _collection_info(home: Path, name: str) -> tuple[CollectionInfo, str]:
     from ..store import Store
 
     info = CollectionInfo.load(home / name)
-    store = Store(home / name / META_FILE)
+    store = Store(home / name / META_FILE, read_only=True)
     try:
         return info, stored_fingerprint(info, store)
     finally:
@@ -117,15 +125,16 @@ def _embed(s: _Set, home: Path, encoder: Encoder) -> tuple[np.ndarray, list[str]
         from ..store import Store
 
         info = CollectionInfo.load(home / s.collection)
-        store = Store(home / s.collection / META_FILE)
+        store = Store(home / s.collection / META_FILE, read_only=True)
         try:
-            rows = store.rows()
+            rows = [r for r in store.rows() if not (r.modality == "video" and r.parent_id is None)]  # no vector
             vectors = store.vectors([r.id for r in rows], info.dim)
         finally:
             store.close()
         if not rows:
             raise BadInput(f"collection '{s.collection}' is empty")
-        return vectors, [r.path if r.parent_id is None else f"{r.path}: {r.text}" for r in rows]
+        return vectors, [r.path if r.parent_id is None else f"{r.path}@{r.t:g}s" if r.t is not None
+                         else f"{r.path}: {r.text}" for r in rows]
     return embed_many(encoder, s.items or []), list(s.items or [])
 
 

@@ -46,7 +46,7 @@ class Handle:
         """Folders (with counts), tags (with counts), modality counts and the mtime range of the items."""
         if self._facets is None:
             rows = self.col.items()
-            folders = Counter(str(Path(r.path).parent) for r in rows if r.modality != "text" or r.parent_id is None)
+            folders = Counter(str(Path(r.path).parent) for r in rows if r.parent_id is None)  # files, not captions/moments
             tags = Counter(t for pairs in self.col.tags_of([r.id for r in rows]).values() for t, _ in pairs)
             mtimes = [r.mtime_ns for r in rows if r.mtime_ns]
             self._facets = {

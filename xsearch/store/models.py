@@ -7,7 +7,7 @@ from typing import Optional
 from sqlalchemy import ForeignKey, Index, LargeBinary, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, deferred, mapped_column
 
-STORE_SCHEMA_VERSION = 1
+STORE_SCHEMA_VERSION = 2  # 2: video moment time t, photo metadata (taken, camera, lens, GPS); see store/migrate.py
 
 
 def utcnow() -> datetime:
@@ -27,10 +27,13 @@ class Meta(Base):
 
 
 class Item(Base):
-    """One indexed thing: a file (image, text, audio) or a caption linked to its image.
+    """One indexed thing: a file (image, text, audio, video), a caption linked to its image, or a video moment.
 
-    ``key`` is unique: the absolute path for files, ``<image path>#caption:<hash>`` for captions.
+    ``key`` is unique: the absolute path for files, ``<image path>#caption:<hash>`` for captions,
+    ``<video path>#frame@<t>`` / ``#audio@<t>`` for a video's key frames and audio windows (children of the video
+    item, which itself has no vector).
     ``id`` is also the item's FAISS id; ``vector`` keeps the embedding so the index can be rebuilt.
+    Columns added by a later schema version are nullable (``store/migrate.py`` adds them to an older database).
     """
 
     __tablename__ = "items"
@@ -50,7 +53,16 @@ class Item(Base):
     parent_id: Mapped[Optional[int]] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"), index=True)
     created: Mapped[datetime] = mapped_column(default=utcnow)
     updated: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow, index=True)
-    vector: Mapped[bytes] = deferred(mapped_column(LargeBinary))
+    vector: Mapped[bytes] = deferred(mapped_column(LargeBinary))  # b"": not in the FAISS index (a video file)
+    t: Mapped[Optional[float]]  # a video moment: seconds from the start of its video (parent_id)
+    # schema 2: photo metadata from EXIF (NULL when absent); meta_version: the EXIF reader's version, NULL = not read
+    taken: Mapped[Optional[datetime]] = mapped_column(index=True)
+    camera_make: Mapped[Optional[str]] = mapped_column(Text)
+    camera_model: Mapped[Optional[str]] = mapped_column(Text)
+    lens: Mapped[Optional[str]] = mapped_column(Text)
+    lat: Mapped[Optional[float]] = mapped_column(index=True)
+    lon: Mapped[Optional[float]]
+    meta_version: Mapped[Optional[int]]
 
 
 class Tag(Base):
