@@ -10,6 +10,10 @@ probabilities, so ImageNet label queries and tagging keep working.
 Data: ../shared/data/flickr8k-train (7,091 photos x 5 captions) + ../shared/data/sports100 (800 photos, captions
 phrased from the label with 5 templates); horizontally flipped copies as augmentation.
 
+``--ensemble`` heads (seeds seed, seed+1, ...) are merged into one (``image_head.merge``: the mean of their residuals),
+then ``calibrate`` sets the residual's ``--residual-scale`` and a ``centre`` (``--centre-beta`` x the mean output over
+the training photos); both were chosen on the held-out slice (benchmarks/README.md, *Image head*).
+
     # choose settings: train on all but a held-out slice (500 flickr8k-train photos + 1 photo per sport, seed 0)
     python benchmarks/train_image.py --data ../shared/data --holdout
     # rebuild the shipped weights bit for bit (all training photos, the chosen settings; CPU, 1 torch thread)
