@@ -8,11 +8,12 @@ background mixing with noise (synthetic noise colours and real background record
 300-3400 Hz, low-pass like low-bitrate files), gain, time shift, mel-band shift and spec-augment masks.
 Prints the held-out tables and saves fp16 weights + JSON config into the package (xsearch/encoders/weights/).
 
-Reproduce the shipped weights bit for bit (2 CPU threads; the data step needs
+Reproduce the shipped weights bit for bit (1 torch thread, the default; the data step needs
 apt-get install -y --no-install-recommends espeak-ng flite sox fluidsynth fluid-soundfont-gm):
   python benchmarks/make_audio_data.py --out benchmarks/_data/audio --seed 0
   python benchmarks/train_audio.py --data benchmarks/_data/audio --real ../shared/data/real-audio --seed 0
-``--holdout val`` also holds out the validation groups and reports on them (how the settings were chosen).
+``--holdout val`` also holds out the validation groups and reports on them (how the settings were chosen);
+``--eval-every 2`` prints their tagging top-1 every 2 epochs; ``--balance 0.5`` draws real labels ~sqrt-balanced.
 """
 from __future__ import annotations
 
@@ -204,6 +205,23 @@ def masked_infonce(a: torch.Tensor, t: torch.Tensor, keys: torch.Tensor, scale: 
     return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
 
 
+def real_draws(real_i: list[int], keys: list[int], repeat: int, balance: float, rng: random.Random) -> list[int]:
+    """One epoch's real clips: each ``repeat`` times, or (balance > 0) the same total with a label of n clips drawn
+    in proportion to n^(1-balance), cycling through its clips in a fresh order (balance 1: every label equally)."""
+    if not balance:
+        return real_i * repeat
+    by_key: dict[int, list[int]] = {}
+    for i in real_i:
+        by_key.setdefault(keys[i], []).append(i)
+    weight = {k: len(v) ** (1 - balance) for k, v in by_key.items()}
+    total = len(real_i) * repeat / sum(weight.values())
+    out = []
+    for k, clips in sorted(by_key.items()):
+        rng.shuffle(clips)
+        out += [clips[j % len(clips)] for j in range(round(weight[k] * total))]
+    return out
+
+
 # ---- evaluation ----------------------------------------------------------------------------------
 @torch.inference_mode()
 def embed(net: AudioNet, mels: list[torch.Tensor] | torch.Tensor) -> np.ndarray:
@@ -267,7 +285,7 @@ def train(args: argparse.Namespace) -> None:
             use_coarse = pool.coarse[i] and rng.random() < (args.coarse if not pool.real[i] else args.coarse_real)
             caps.append(col[rng.choice(pool.coarse[i] if use_coarse else pool.fine[i])])
         rng.shuffle(syn_i)
-        order = real_i * args.real_repeat + syn_i[:n_syn]  # real clips repeated, a fresh synthetic subset each epoch
+        order = real_draws(real_i, keys, args.real_repeat, args.balance, rng) + syn_i[:n_syn]  # fresh synthetic subset
         rng.shuffle(order)
         for b in range(per_epoch):
             lr = args.lr * min(1.0, (step + 1) / 100) * 0.5 * (1 + math.cos(math.pi * min(step / total, 1.0)))
@@ -342,6 +360,7 @@ def main() -> None:
     ap.add_argument("--coarse", type=float, default=0.25, help="chance a generated clip gets a label-level caption")
     ap.add_argument("--coarse-real", type=float, default=0.15, help="chance a spoken word is captioned 'a person speaking'")
     ap.add_argument("--real-repeat", type=int, default=3, help="times each real clip is seen per epoch")
+    ap.add_argument("--balance", type=float, default=0.0, help="class-balanced real sampling (0: off, 0.5: sqrt, 1: equal)")
     ap.add_argument("--syn-frac", type=float, default=0.5, help="fraction of the generated clips drawn per epoch")
     ap.add_argument("--p-mix", type=float, default=0.15, help="chance a clip is mixed with another (captions mixed too)")
     ap.add_argument("--p-bg", type=float, default=0.3, help="chance of background noise 3-25 dB down")

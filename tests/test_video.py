@@ -200,3 +200,31 @@ def test_a_cat_finds_the_second_chelsea_appears(mini, tmp_path):
         col.add([folder])
     hits = jsonl(run("query", "a cat", "--home", tmp_path / "home", "-m", "video", "--json").stdout)
     assert hits[0]["modality"] == "video" and 6.0 - STEP <= hits[0]["t"] <= 6.0 + STEP
+
+
+def test_a_schema_1_collection_gains_video_moments_on_the_next_index(mini, tmp_path, clips):
+    """A collection written before videos (schema 1: no ``t`` column) is read as it is, then migrated by a writer."""
+    import sqlite3
+
+    folder = tmp_path / "m"
+    folder.mkdir()
+    CHECKER.save(folder / "checker.png")
+    home = tmp_path / "home"
+    with Collection.open(home, "v", encoder=mini, create=True) as col:
+        col.add([folder])
+    db = home / "v" / "meta.sqlite"
+    con = sqlite3.connect(db)
+    for index in ("ix_items_taken", "ix_items_lat"):
+        con.execute(f"DROP INDEX IF EXISTS {index}")
+    for column in ("taken", "camera_make", "camera_model", "lens", "lat", "lon", "meta_version", "t"):
+        con.execute(f"ALTER TABLE items DROP COLUMN {column}")
+    con.execute("UPDATE meta SET value='1' WHERE key='schema_version'")
+    con.commit()
+    con.close()
+    with Collection.open(home, "v", encoder=mini, read_only=True) as col:  # a reader sees t as None
+        assert [h.t for h in col.search(image=folder / "checker.png", k=1)] == [None]
+    shutil.copy(clips / "clip.mp4", folder / "clip.mp4")
+    with Collection.open(home, "v", encoder=mini) as col:
+        assert col.add([folder]).added == 1
+        hit = col.search(image=folder / "checker.png", modality="video", k=1)[0]
+        assert hit.modality == "video" and 3.0 - 1e-6 <= hit.t < 3.0 + STEP

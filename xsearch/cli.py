@@ -26,6 +26,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
+RayOpt = typer.Option(None, "--ray", metavar="auto|ADDRESS",
+                      help="Run on Ray: 'auto' (RAY_ADDRESS, a local `ray start`, else a new local Ray) or a cluster address.")
 HomeOpt = typer.Option(None, "--home", envvar="XSEARCH_HOME", help="Folder holding collections [default: ./indexes].")
 CollectionOpt = typer.Option(DEFAULT_COLLECTION, "--collection", "-c", help="Collection name inside the home folder.")
 JsonOpt = typer.Option(False, "--json", help="Machine-readable JSON output.")
@@ -130,6 +132,7 @@ def index(
     memory: Optional[str] = typer.Option(None, "--memory", help="Memory budget for the index, e.g. 4G [default: half the RAM]."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Image decode worker processes [default: by core count; none below 4 CPU cores]."),
     batch_size: int = typer.Option(32, "--batch-size", help="Images per inference batch."),
+    ray: Optional[str] = RayOpt,
     wait: bool = WaitOpt,
     quiet: bool = QuietOpt,
     as_json: bool = JsonOpt,
@@ -146,7 +149,7 @@ def index(
                          target_recall=target_recall, memory_bytes=parse_memory(memory), wait=wait, say=_say) as col:
         with _progress(not (quiet or as_json), "embedding") as update:
             report = col.add([str(p) for p in paths or []], captions=captions, progress=update, workers=workers,
-                             batch_size=batch_size)
+                             batch_size=batch_size, executor=f"ray:{ray}" if ray else "local")
         _print_report(col, report, quiet, as_json)
 
 
@@ -186,12 +189,13 @@ def query(
     sort: str = typer.Option("score", "--sort", help="Order of the hits: score, or date (newest capture first)."),
     min_score: Optional[str] = typer.Option(None, "--min-score", help="Drop hits scoring below this; 'auto': the encoder's default (see `xsearch info`)."),
     encoder: Optional[str] = typer.Option(None, "--encoder", "-e", help="Must match the collection's encoder if given."),
+    ray: Optional[str] = RayOpt,
     home: Optional[Path] = HomeOpt,
     collection: str = CollectionOpt,
     as_json: bool = JsonOpt,
 ) -> None:
     """Search a collection with text, an image, audio, or a weighted mix of them."""
-    from .engine import Collection, Filters, parse_near, parse_weights
+    from .engine import Collection, Filters, parse_near, parse_weights, serve_shards_on_ray
 
     if k < 1:
         raise BadInput(f"-k must be at least 1 (got {k})")
@@ -201,6 +205,8 @@ def query(
     if file is None and text is None and image is None and audio is None:
         raise BadInput("give a TEXT query, --image FILE, --audio FILE or --file QUERIES.txt")
     with Collection.open(_home(home), collection, encoder=encoder, read_only=True) as col:
+        if ray:
+            serve_shards_on_ray(col, ray)  # sharded: one Ray actor per shard; otherwise searched here as always
         if file is not None:
             _query_file(col, file, k, filters, all_moments)
             return
@@ -307,6 +313,8 @@ def reindex(
     reembed: bool = typer.Option(False, "--reembed", help="First re-embed every item from its file (captions from their "
                                  "text) with this xsearch's version of the encoder; keeps metadata and tags."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Image decode worker processes (with --reembed)."),
+    shards: Optional[int] = typer.Option(None, "--shards", min=1, help="Split the index into N shards over disjoint id ranges (1: one index)."),
+    ray: Optional[str] = RayOpt,
     home: Optional[Path] = HomeOpt,
     collection: str = CollectionOpt,
     wait: bool = WaitOpt,
@@ -327,7 +335,7 @@ def reindex(
             for path, reason in report.dropped:
                 err.print(f"[yellow]dropped:[/yellow] {escape(reason or path)}", highlight=False)
         else:
-            col.rebuild_index(index_spec, target_recall, parse_memory(memory))
+            col.rebuild_index(index_spec, target_recall, parse_memory(memory), shards, ray)
         spec, count = col.index_spec, len(col)
     if as_json:
         out.print_json(json.dumps({**spec.to_dict(), **result}))
@@ -338,7 +346,8 @@ def reindex(
                   f"{r['new_fingerprint'] or '(unversioned)'} ({r['resumed']} from an interrupted run), "
                   f"{r['removed']} removed", highlight=False)
     recall = "exact" if spec.recall is None else f"recall@10 {spec.recall:.3f}"
-    err.print(f"{collection}: {spec.kind} index ({spec.factory}), {recall}, {count} vectors", highlight=False)
+    sharded = f" in {spec.params['shards']} shards" if spec.params.get("shards", 1) > 1 else ""
+    err.print(f"{collection}: {spec.kind} index ({spec.factory}){sharded}, {recall}, {count} vectors", highlight=False)
 
 
 @command()
@@ -485,11 +494,13 @@ def serve(
     host: str = typer.Option("127.0.0.1", "--host", help="Address to bind; anything but loopback needs --token."),
     port: int = typer.Option(8000, "--port", help="TCP port."),
     token: Optional[str] = typer.Option(None, "--token", envvar="XSEARCH_TOKEN", help="Require 'Authorization: Bearer TOKEN' on /api."),
+    ray: Optional[str] = RayOpt,
 ) -> None:
     """Serve the web page and the HTTP API (read-only) over the collections of a home folder."""
     from .server import serve as run
 
-    run(_home(home), collection or None, host=host, port=port, token=token, say=lambda line: err.print(line, highlight=False))
+    run(_home(home), collection or None, host=host, port=port, token=token, say=lambda line: err.print(line, highlight=False),
+        ray=ray)
 
 
 @command("train")

@@ -60,6 +60,7 @@ class CollectionInfo:
     index_request: str = "auto"
     target_recall: float = 0.95
     memory_bytes: int | None = None
+    shards: int = 1  # FAISS shards over disjoint id ranges (``xsearch reindex --shards N``)
     schema_version: int = SCHEMA_VERSION
     created: str = field(default_factory=now_iso)
     updated: str = field(default_factory=now_iso)
@@ -87,6 +88,7 @@ class CollectionInfo:
             index_request=data.get("index_request", "auto"),
             target_recall=float(data.get("target_recall", 0.95)),
             memory_bytes=data.get("memory_bytes"),
+            shards=int(data.get("shards", 1) or 1),
             schema_version=version,
             created=data.get("created", now_iso()),
             updated=data.get("updated", now_iso()),

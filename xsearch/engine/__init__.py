@@ -15,6 +15,8 @@ Modules (each imports only downwards: encoders, index, store, media, config, err
 - ``versioning``  encoder fingerprints: a collection built with another version of its encoder is *stale*.
 - ``batching``    decode/embed files in batches (image decoding in worker processes).
 - ``video``       a video's moments (key frames, audio windows): embedding, storing under the video, re-embedding.
+- ``executors``   who embeds an ``add``: ``local`` (this process) or ``ray`` (an actor pool; ``executors/ray_pool.py``).
+- ``sharding``    sharded collections on Ray: shards built as Ray tasks, searched by one actor per shard.
 
 The surface, for a server that opens collections read-only and never writes::
 
@@ -43,6 +45,7 @@ _MODULES = {
     "query": ("Filters", "Hit", "MODALITIES", "parse_weights", "parse_near", "default_min_score"),
     "dupes": ("DupeGroup", "find_dupes"),
     "similarity": ("Query", "embed_many", "cosine_matrix", "MatrixResult", "similarity_matrix", "save_matrix"),
+    "sharding": ("serve_shards_on_ray",),
     "catalog": ("list_encoders", "describe_encoder", "get_encoder", "parse_memory", "train_encoder"),
     "verify": ("verify_collection", "VerifyReport"),
     "locking": ("WriterLock",),

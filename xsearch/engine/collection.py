@@ -155,7 +155,7 @@ class Collection:
 
     def _index_problem(self, mmap: bool) -> str | None:
         """Why vectors.faiss cannot be used as it is (None: loaded into ``self.index``)."""
-        from ..index import VectorIndex
+        from ..index.shards import load_index
 
         path = self.folder / VECTORS_FILE
         meta = self.store.metas()
@@ -167,7 +167,7 @@ class Collection:
         if damaged:
             return damaged
         try:
-            index = VectorIndex.load(path, self.info.dim, self.info.index, mmap=mmap)
+            index = load_index(path, self.info.dim, self.info.index, mmap=mmap)  # a sharded one too
         except (BadInput, DimensionMismatch) as exc:
             return f"{VECTORS_FILE} is unreadable ({exc})"
         count = self.store.count()
@@ -260,30 +260,36 @@ class Collection:
             self._generation = meta.get(GENERATION_KEY)
 
     def rebuild_index(self, request: str | None = None, target_recall: float | None = None,
-                      memory_bytes: int | None = None) -> None:
+                      memory_bytes: int | None = None, shards: int | None = None, ray: str | None = None) -> None:
         """Build a new FAISS index from the vectors kept in SQLite (the store is the source of truth).
 
         ``request`` etc. change the collection's index choice (``xsearch reindex --index ...``); by default the
         recorded choice is applied again at the current size, so an ``auto`` collection that grew gets a bigger index.
+        ``shards`` (>= 2) splits it into that many shards (1: one index again), built as Ray tasks when ``ray`` gives
+        an address (``auto`` or HOST:PORT).
         """
         if request is not None or target_recall is not None:
             _check_index_choice(request or self.info.index_request,
                                 self.info.target_recall if target_recall is None else target_recall, self.info.dim)
         with self._writing():
             changes = {k: v for k, v in dict(index_request=request, target_recall=target_recall,
-                                             memory_bytes=memory_bytes).items() if v is not None}
+                                             memory_bytes=memory_bytes, shards=shards).items() if v is not None}
             self.info = self.info.touched(**changes)
-            self.index = self._built_index()
+            self.index = self._built_index(ray)
             self._modality.reset()
             self.save()
 
-    def _built_index(self) -> "VectorIndex":
+    def _built_index(self, ray: str | None = None) -> "VectorIndex":
         """A new FAISS index of every stored vector, as the collection's index choice asks."""
         from ..index import build_index
 
         pairs = list(self.store.iter_vectors(self.info.dim))
         ids = np.concatenate([p[0] for p in pairs]) if pairs else np.zeros(0, np.int64)
         vectors = np.concatenate([p[1] for p in pairs]) if pairs else np.zeros((0, self.info.dim), np.float32)
+        if self.info.shards > 1:
+            from .sharding import build_shards
+
+            return build_shards(vectors, ids, self.info, ray)  # type: ignore[return-value]
         return build_index(vectors, ids, self.info.index_request, self.info.target_recall, self.info.memory_bytes)
 
     def index_outgrown(self) -> bool:
@@ -352,18 +358,22 @@ class Collection:
     # ---- writing ------------------------------------------------------------------------------
     def add(self, paths: Sequence[str | os.PathLike[str]] | str | os.PathLike[str],
             captions: str | os.PathLike[str] | None = None, progress: ProgressFn | None = None,
-            workers: int | None = None, batch_size: int = 32) -> IndexReport:
+            workers: int | None = None, batch_size: int = 32, executor: str = "local") -> IndexReport:
         """Index files/folders incrementally (new or changed files only; deleted files dropped), then captions.
 
-        Unreadable files are skipped and listed in the report; nothing already indexed is lost.
+        Unreadable files are skipped and listed in the report; nothing already indexed is lost. ``executor``:
+        ``local`` (this process) or ``ray`` / ``ray:ADDRESS`` (decode + embed on a Ray cluster, commit here).
         """
+        from .executors import get_executor
+
         paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
         self._writable()
         encoder = self.encoder
         with self._writing():
             writer = _Writer(self)
             try:
-                report = (indexer.add_files(self.store, writer, encoder, paths, progress, workers, batch_size)
+                report = (indexer.add_files(self.store, writer, encoder, paths, progress, workers, batch_size,
+                                            get_executor(executor))
                           if paths else IndexReport())
                 if captions is not None:
                     indexer.add_captions(self.store, writer, encoder, captions, report)

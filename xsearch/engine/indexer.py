@@ -132,8 +132,10 @@ def _hash_or_none(path: str) -> str | None:
 
 
 def add_files(reader: ItemReader, writer: ItemWriter, encoder: Encoder, roots: Sequence[str | os.PathLike[str]],
-              progress: ProgressFn | None = None, workers: int | None = None, batch_size: int = 32) -> IndexReport:
-    """Index new/changed files under ``roots`` and drop stored files that no longer exist there."""
+              progress: ProgressFn | None = None, workers: int | None = None, batch_size: int = 32,
+              embed: Callable[..., None] | None = None) -> IndexReport:
+    """Index new/changed files under ``roots`` and drop stored files that no longer exist there; ``embed``
+    (an executor, default :func:`embed_files`) decodes and embeds, calling back here to commit each batch."""
     p = plan(reader, roots)
     report = IndexReport(unchanged=p.unchanged)
     if p.gone:
@@ -160,7 +162,7 @@ def add_files(reader: ItemReader, writer: ItemWriter, encoder: Encoder, roots: S
         report.skipped.append((path, reason))
         progress(1, len(todo))
 
-    embed_files(encoder, todo, on_batch, on_error, workers, batch_size)
+    (embed or embed_files)(encoder, todo, on_batch, on_error, workers, batch_size)
     return report
 
 

@@ -156,7 +156,7 @@ def _check_writes(folder: Path, meta: dict, store, report: VerifyReport) -> None
 
 def _check_faiss(folder: Path, info: CollectionInfo, meta: dict, store, ids: np.ndarray, sample: int,
                  report: VerifyReport) -> None:
-    from ..index import VectorIndex
+    from ..index.shards import load_index
 
     path = folder / VECTORS_FILE
     if not path.is_file():
@@ -167,7 +167,7 @@ def _check_faiss(folder: Path, info: CollectionInfo, meta: dict, store, ids: np.
         report.problems.append(f"{folder / damaged}")
         return
     try:
-        index = VectorIndex.load(path, info.dim, info.index, mmap=True)
+        index = load_index(path, info.dim, info.index, mmap=True)  # a sharded one too
     except BadInput as exc:
         report.problems.append(str(exc))
         return

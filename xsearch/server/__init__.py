@@ -45,7 +45,8 @@ def is_loopback(host: str) -> bool:
 
 
 def serve(home: str | os.PathLike[str], collections: list[str] | None = None, host: str = "127.0.0.1",
-          port: int = 8000, token: str | None = None, say: Callable[[str], None] = print) -> None:
+          port: int = 8000, token: str | None = None, say: Callable[[str], None] = print,
+          ray: str | None = None) -> None:
     """Run the server until interrupted. A non-loopback ``host`` needs a ``token``."""
     _require()
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch/FAISS load: idle OpenMP threads sleep, not spin,
@@ -55,7 +56,7 @@ def serve(home: str | os.PathLike[str], collections: list[str] | None = None, ho
         raise BadInput(f"--host {host} exposes your collections beyond this machine: add --token SECRET "
                        "(clients send 'Authorization: Bearer SECRET')")
     check_names(Path(home), collections)
-    app = create_app(home, collections, token)
+    app = create_app(home, collections, token, ray=ray)
     if not is_loopback(host):
         say(f"warning: serving on {host}:{port}, reachable from other machines; every /api request needs the token "
             f"(open http://{host}:{port}/?token=... once in a browser)")

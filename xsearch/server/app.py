@@ -48,13 +48,14 @@ class Settings:
 
 def create_app(home: str | os.PathLike[str], collections: list[str] | None = None, token: str | None = None,
                allowed_hosts: tuple[str, ...] | None = LOOPBACK_HOSTS, thumb_cache_bytes: int = 256 * 1024 * 1024,
-               warm: bool = True) -> FastAPI:
+               warm: bool = True, ray: str | None = None) -> FastAPI:
     """The app serving ``collections`` (default: all) of ``home`` read-only; ``token`` guards every /api route but
     /api/health. ``allowed_hosts`` (loopback names by default, ``None`` = any) stops DNS-rebinding pages from
-    reading a loopback server. ``warm`` loads collections and encoders in a background thread at start."""
+    reading a loopback server. ``warm`` loads collections and encoders in a background thread at start. ``ray``
+    (``auto`` or an address): sharded collections are searched by Ray shard actors."""
     settings = Settings(Path(home), list(collections) if collections else None, token,
                         None if token else allowed_hosts, thumb_cache_bytes)
-    library = Library(settings.home, settings.collections)
+    library = Library(settings.home, settings.collections, ray)
     thumbs = ThumbCache(settings.home / ".xsearch-cache" / "thumbs", thumb_cache_bytes)
 
     @asynccontextmanager

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import INFO_FILE, VECTORS_FILE
-from ..engine import Collection, list_collections
+from ..engine import Collection, list_collections, serve_shards_on_ray
 from ..errors import MissingCollection
 
 RETIRE_AFTER_S = 60.0  # a replaced handle is closed this long after the swap (queries still running on it finish)
@@ -62,8 +62,8 @@ class Handle:
 class Library:
     """Read-only handles on the collections of one home folder, keyed by name; thread-safe."""
 
-    def __init__(self, home: str | os.PathLike[str], names: list[str] | None = None):
-        self.home = Path(home)
+    def __init__(self, home: str | os.PathLike[str], names: list[str] | None = None, ray: str | None = None):
+        self.home, self.ray = Path(home), ray
         self.allowed = list(names) if names else None
         self._handles: dict[str, Handle] = {}
         self._encoders: dict[str, Any] = {}
@@ -124,6 +124,8 @@ class Library:
             if old is None:
                 raise
             return old
+        if self.ray:
+            serve_shards_on_ray(col, self.ray)
         if col.info.encoder not in self._encoders:
             self._encoders[col.info.encoder] = col.encoder  # load once per process
         handle = Handle(name, col, sig)
