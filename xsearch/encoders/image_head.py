@@ -1,7 +1,12 @@
 """xsearch-mini's trained image head: frozen EfficientNet-Lite0 features -> the frozen MiniLM space.
 
     c   = ConSE(logits) / |ConSE(logits)|           (the class-knowledge prior, see ``mini.py``)
-    out = normalise(prior * c + W2 GELU(W1 LayerNorm(pooled) + b1) + b2)
+    r   = W2 GELU(W1 LayerNorm(pooled) + b1) + b2
+    out = normalise(prior * c + scale * r - centre)
+
+``scale`` (< 1 keeps more of ConSE's class knowledge) and ``centre`` (beta x the mean of ``prior * c + scale * r``
+over the training photos: removes the direction every photo shares, which otherwise pulls generic captions and
+class prompts toward all photos alike) are set after training, chosen on a held-out slice of the training data.
 
 ``pooled`` is the 1280-d global-average-pooled last feature map of the same backbone pass, so the head costs one
 small MLP per image. Trained by ``benchmarks/train_image.py`` (symmetric InfoNCE against frozen caption vectors plus
@@ -25,10 +30,10 @@ FORMAT = "xsearch-mini-image-head"
 
 
 class ImageHead(nn.Module):
-    """``normalise(prior * conse_unit + mlp(pooled))``; the MLP's last layer starts at zero (= plain ConSE)."""
+    """``normalise(prior * conse_unit + scale * mlp(pooled) - centre)``; the MLP's last layer starts at zero (= ConSE)."""
 
     def __init__(self, in_dim: int = 1280, hidden: int = 1024, out_dim: int = 384, dropout: float = 0.0,
-                 prior: float = 1.0):
+                 prior: float = 1.0, scale: float = 1.0):
         super().__init__()
         self.spec = {"in_dim": in_dim, "hidden": hidden, "out_dim": out_dim, "dropout": dropout}
         self.norm = nn.LayerNorm(in_dim)
@@ -38,10 +43,41 @@ class ImageHead(nn.Module):
         self.prior = nn.Parameter(torch.tensor(float(prior)))
         nn.init.zeros_(self.fc2.weight)
         nn.init.zeros_(self.fc2.bias)
+        self.register_buffer("scale", torch.tensor(float(scale)))  # buffers: saved with the weights (and fingerprinted)
+        self.register_buffer("centre", torch.zeros(out_dim))
+
+    def calibrate(self, scale: float, centre: torch.Tensor) -> None:
+        """Set the post-training ``scale`` of the residual and the ``centre`` subtracted before normalising."""
+        with torch.no_grad():
+            self.scale.fill_(float(scale))
+            self.centre.copy_(centre)
+
+    def residual(self, pooled: torch.Tensor) -> torch.Tensor:
+        """The MLP's correction of the ConSE vector (before ``scale``)."""
+        return self.fc2(self.drop(nn.functional.gelu(self.fc1(self.norm(pooled)))))
+
+    def unnormalised(self, pooled: torch.Tensor, conse_unit: torch.Tensor) -> torch.Tensor:
+        """``prior * c + scale * r - centre`` (what ``forward`` normalises)."""
+        return self.prior * conse_unit + self.scale * self.residual(pooled) - self.centre
 
     def forward(self, pooled: torch.Tensor, conse_unit: torch.Tensor) -> torch.Tensor:
-        residual = self.fc2(self.drop(nn.functional.gelu(self.fc1(self.norm(pooled)))))
-        return nn.functional.normalize(self.prior * conse_unit + residual, dim=-1)
+        return nn.functional.normalize(self.unnormalised(pooled, conse_unit), dim=-1)
+
+
+def merge(heads: list[ImageHead]) -> ImageHead:
+    """One head whose residual is the mean of ``heads``' residuals (hidden layers side by side; each LayerNorm's
+    affine part folded into its first layer, so the merged head is an ordinary ``ImageHead``)."""
+    if len(heads) == 1:
+        return heads[0]
+    a = heads[0]
+    out = ImageHead(a.spec["in_dim"], sum(h.spec["hidden"] for h in heads), a.spec["out_dim"])
+    with torch.no_grad():
+        out.fc1.weight.copy_(torch.cat([h.fc1.weight * h.norm.weight for h in heads]))
+        out.fc1.bias.copy_(torch.cat([h.fc1.weight @ h.norm.bias + h.fc1.bias for h in heads]))
+        out.fc2.weight.copy_(torch.cat([h.fc2.weight for h in heads], dim=1) / len(heads))
+        out.fc2.bias.copy_(torch.stack([h.fc2.bias for h in heads]).mean(dim=0))
+        out.prior.copy_(torch.stack([h.prior for h in heads]).mean())
+    return out.eval()
 
 
 def files(folder: Path = WEIGHTS_DIR) -> tuple[Path, Path]:
@@ -71,7 +107,10 @@ def load(folder: Path = WEIGHTS_DIR, device: str = "cpu") -> ImageHead | None:
     try:
         spec = json.loads(config.read_text())
         head = ImageHead(int(spec["in_dim"]), int(spec["hidden"]), int(spec["out_dim"]))
-        head.load_state_dict({k: v.float() for k, v in load_file(str(weights)).items()})
+        state = {k: v.float() for k, v in load_file(str(weights)).items()}
+        for name, default in (("scale", head.scale), ("centre", head.centre)):  # heads written before they existed
+            state.setdefault(name, default.clone())
+        head.load_state_dict(state)
     except Exception as exc:  # noqa: BLE001 - json / safetensors / shape errors all mean the same thing here
         raise ModelLoadError(f"{weights}: cannot load xsearch-mini's image head ({str(exc).splitlines()[0]})") from None
     return head.eval().to(device)

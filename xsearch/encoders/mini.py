@@ -23,7 +23,8 @@ under a hash of the model files, the class file and the prompts.
 
 Trained image head (v2, ``image_head.py``): the same backbone pass also gives the 1280-d pooled features, and a
 small MLP trained on real photo-caption pairs (flickr8k-train, sports100; ``benchmarks/train_image.py``) adds a
-residual to the ConSE vector: ``out = normalise(prior * ConSE/|ConSE| + mlp(pooled))``. It is what lets captions
+residual to the ConSE vector: ``out = normalise(prior * ConSE/|ConSE| + scale * mlp(pooled) - centre)``
+(``mlp`` the mean of two trained MLPs, merged into one; ``scale`` < 1 and ``centre`` set on a held-out slice). It is what lets captions
 about people and actions find their photos; a distillation term in its training keeps the ImageNet class
 knowledge. ``BridgeConfig(head=False)`` switches it off (plain ConSE, v1's vectors). ``XsearchMini.fingerprint``
 names the shipped weights, so collections can tell vectors of two versions apart.
