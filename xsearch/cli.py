@@ -203,11 +203,14 @@ def _print_hits(hits, as_json: bool) -> None:
 
 
 def _short(path: str) -> str:
+    """``path`` relative to here when below it, printable (bytes that are not UTF-8 shown as \\xNN)."""
+    from .engine import shown
+
     try:
         rel = os.path.relpath(path)
-        return rel if not rel.startswith("..") else path
+        return shown(rel if not rel.startswith("..") else path)
     except ValueError:
-        return path
+        return shown(path)
 
 
 @command()

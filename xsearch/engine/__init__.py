@@ -37,7 +37,8 @@ from typing import Any
 _MODULES = {
     "collection": ("Collection", "list_collections", "TAG_TEMPLATES"),
     "indexer": ("IndexReport", "ReembedReport", "ProgressFn", "read_captions"),
-    "query": ("Filters", "Hit", "MODALITIES", "parse_weights"),
+    "query": ("Filters", "Hit", "MODALITIES", "parse_weights", "clamp_time"),
+    "batching": ("shown",),
     "similarity": ("Query", "embed_many", "cosine_matrix", "MatrixResult", "similarity_matrix", "save_matrix"),
     "catalog": ("list_encoders", "describe_encoder", "get_encoder", "parse_memory", "train_encoder"),
 }

@@ -17,8 +17,8 @@ import numpy as np
 
 from ..encoders.base import Encoder
 from ..errors import BadInput
-from ..media import AUDIO_EXTS, IMAGE_EXTS, TEXT_EXTS, FileInfo, discover, file_hash
-from .batching import Batch, embed_audio, embed_images, embed_texts
+from ..media import AUDIO_EXTS, IMAGE_EXTS, TEXT_EXTS, FileInfo, discover, file_hash, shown
+from .batching import Batch, check_batching, embed_audio, embed_images, embed_texts
 
 if TYPE_CHECKING:  # pragma: no cover - SQLAlchemy loads with the first write, not with this module
     from ..store import ItemRecord, ItemRow
@@ -79,16 +79,17 @@ class _Plan:
     touched: list[tuple[int, int]] = field(default_factory=list)
     unchanged: int = 0
     gone: list[int] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason) found while walking
 
 
 def plan(reader: ItemReader, roots: Sequence[str | os.PathLike[str]]) -> _Plan:
     """Compare the files under ``roots`` with the store: what is new, changed, unchanged or gone."""
-    files = list(discover(roots))
-    if not files and not reader.ids_where(under=[_abs(r) for r in roots]).size:
-        exts = ", ".join(sorted(IMAGE_EXTS | TEXT_EXTS | AUDIO_EXTS))
-        raise BadInput(f"{', '.join(map(str, roots))}: no supported files to index (looked for {exts})")
-    stored = reader.by_keys([f.path for f in files])
     out = _Plan()
+    files = list(discover(roots, on_skip=lambda path, reason: out.skipped.append((path, reason))))
+    if not files and not out.skipped and not reader.ids_where(under=[_abs(r) for r in roots]).size:
+        exts = ", ".join(sorted(IMAGE_EXTS | TEXT_EXTS | AUDIO_EXTS))
+        raise BadInput(f"{', '.join(shown(r) for r in roots)}: no supported files to index (looked for {exts})")
+    stored = reader.by_keys([f.path for f in files])
     for f in files:
         row = stored.get(f.path)
         if row is None:
@@ -122,8 +123,9 @@ def _hash_or_none(path: str) -> str | None:
 def add_files(reader: ItemReader, writer: ItemWriter, encoder: Encoder, roots: Sequence[str | os.PathLike[str]],
               progress: ProgressFn | None = None, workers: int | None = None, batch_size: int = 32) -> IndexReport:
     """Index new/changed files under ``roots`` and drop stored files that no longer exist there."""
+    check_batching(batch_size, workers)
     p = plan(reader, roots)
-    report = IndexReport(unchanged=p.unchanged)
+    report = IndexReport(unchanged=p.unchanged, skipped=list(p.skipped))
     if p.gone:
         report.removed = len(writer.delete(p.gone))
     if p.touched:
@@ -157,7 +159,7 @@ def embed_files(encoder: Encoder, todo: Sequence[FileInfo], on_batch: Callable[[
     for modality, files in by_mod.items():
         if not encoder.supports(modality):
             for f in files:
-                on_error(f.path, f"{f.path}: encoder '{encoder.id}' cannot embed {modality}; skipped")
+                on_error(f.path, f"{shown(f.path)}: encoder '{encoder.id}' cannot embed {modality}; skipped")
         elif modality == "image":
             embed_images(encoder, files, on_batch, on_error, batch_size=batch_size, workers=workers)
         elif modality == "text":
@@ -169,8 +171,9 @@ def embed_files(encoder: Encoder, todo: Sequence[FileInfo], on_batch: Callable[[
 def _record(f: FileInfo, extra: dict) -> "ItemRecord":
     from ..store import ItemRecord
 
-    return ItemRecord(key=f.path, path=f.path, modality=f.modality, size=f.size, mtime_ns=f.mtime_ns,
-                      sha256=file_hash(f.path), width=extra.get("width"), height=extra.get("height"),
+    return ItemRecord(key=f.path, path=f.path, modality=f.modality, size=extra.get("size", f.size),
+                      mtime_ns=extra.get("mtime_ns", f.mtime_ns), sha256=extra.get("sha256") or file_hash(f.path),
+                      width=extra.get("width"), height=extra.get("height"),
                       duration=extra.get("duration"), sample_rate=extra.get("sample_rate"),
                       text=(extra.get("text") or "")[:2000] or None)
 
@@ -250,6 +253,7 @@ def stage_reembed(rows: Sequence[ItemRow], stager: Stager, encoder: Encoder, rep
                   progress: ProgressFn | None = None, workers: int | None = None, batch_size: int = 32) -> None:
     """Re-embed every row not yet staged for ``encoder.fingerprint``: files from disk, captions from their stored
     text. Each batch is staged (committed) as it is done, so an interrupted run resumes where it stopped."""
+    check_batching(batch_size, workers)
     fp = encoder.fingerprint
     done = set(stager.staged_ids(fp).tolist())
     todo = [r for r in rows if r.id not in done]
@@ -274,7 +278,7 @@ def stage_reembed(rows: Sequence[ItemRow], stager: Stager, encoder: Encoder, rep
         if Path(r.path).is_file():
             present.append(FileInfo(r.path, r.modality, r.size or 0, r.mtime_ns or 0))
         else:
-            on_error(r.path, f"{r.path}: file is gone")
+            on_error(r.path, f"{shown(r.path)}: file is gone")
     embed_files(encoder, present, on_batch, on_error, workers, batch_size)
     for start in range(0, len(captions), 256):
         chunk = captions[start : start + 256]

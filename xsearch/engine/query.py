@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+import math
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable, Protocol, Sequence
 
@@ -12,6 +13,15 @@ import numpy as np
 from ..errors import BadInput
 
 MODALITIES = ("image", "text", "audio")
+TIME_RANGE = (datetime(1678, 1, 1), datetime(2262, 1, 1))  # file times are int64 nanoseconds in the store
+
+
+def clamp_time(when: datetime) -> datetime:
+    """``when`` moved into the range that file times (int64 ns since 1970) can hold; naive or aware alike."""
+    lo, hi = TIME_RANGE
+    if when.tzinfo is not None:
+        lo, hi = lo.replace(tzinfo=timezone.utc), hi.replace(tzinfo=timezone.utc)
+    return min(max(when, lo), hi)
 
 
 def parse_weights(spec: str | None, label: str = "weights") -> dict[str, float] | None:
@@ -27,6 +37,10 @@ def parse_weights(spec: str | None, label: str = "weights") -> dict[str, float] 
             sep = ""
         if not sep or name.strip() not in MODALITIES:
             raise BadInput(f"{label} '{spec}': expected e.g. text=0.3,image=0.7")
+        if not math.isfinite(weights[name.strip()]) or weights[name.strip()] < 0:
+            raise BadInput(f"{label} '{spec}': weights must be finite numbers of 0 or more")
+    if not any(weights.values()):
+        raise BadInput(f"{label} '{spec}': all weights are 0; give at least one a positive weight")
     return weights
 
 
@@ -66,6 +80,8 @@ class Filters:
             value = getattr(self, name)
             if value is not None and not isinstance(value, datetime):
                 raise BadInput(f"filter {name}={value!r}: expected a datetime")
+            if value is not None:
+                object.__setattr__(self, name, clamp_time(value))
 
     @classmethod
     def make(cls, filters: "Filters | None" = None, *, modality: str | Sequence[str] | None = None,

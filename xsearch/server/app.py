@@ -18,7 +18,7 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
-from ..engine import TAG_TEMPLATES, Filters, parse_weights
+from ..engine import TAG_TEMPLATES, Filters, clamp_time, parse_weights
 from ..errors import BadInput, MissingItem
 from . import funnel
 from .funnel import Forbidden, Unauthorized
@@ -29,7 +29,6 @@ from .uploads import MAX_UPLOAD_BYTES, PayloadTooLarge, staged
 STATIC = Path(__file__).parent / "static"
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
 MAX_K = 500
-TIME_RANGE = (datetime(1678, 1, 1, 0, 0), datetime(2262, 1, 1, 0, 0))
 MAX_SET = 64  # entries per side of a similarity matrix, labels / items of a zero-shot request
 CSP = ("default-src 'self'; img-src 'self' blob: data:; media-src 'self' blob:; style-src 'self'; "
        "script-src 'self'; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'")
@@ -132,7 +131,7 @@ def _when(value: Optional[str], name: str) -> Optional[datetime]:
         when = datetime.fromisoformat(value)
     except ValueError:
         raise BadInput(f"{name}={value!r}: expected an ISO date such as 2024-05-31") from None
-    return min(max(when, TIME_RANGE[0]), TIME_RANGE[1])  # file times are int64 nanoseconds in the store
+    return clamp_time(when)
 
 
 def search_args(
