@@ -126,7 +126,7 @@ def index(
 
 def _print_report(col, report, quiet: bool, as_json: bool) -> None:
     if as_json:
-        out.print_json(json.dumps({"collection": col.name, "items": len(col), **report.to_dict()}))
+        out.print_json(json.dumps({"collection": col.name, "items": len(col), **report.to_dict()}), ensure_ascii=True)
         return
     for _, reason in report.skipped:
         err.print(f"[yellow]skipped:[/yellow] {reason}", highlight=False)
@@ -286,7 +286,7 @@ def reindex(
             col.rebuild_index(index_spec, target_recall, parse_memory(memory))
         spec, count = col.index_spec, len(col)
     if as_json:
-        out.print_json(json.dumps({**spec.to_dict(), **result}))
+        out.print_json(json.dumps({**spec.to_dict(), **result}), ensure_ascii=True)
         return
     if reembed and not quiet:
         r = result["reembed"]

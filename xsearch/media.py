@@ -132,7 +132,11 @@ def discover(roots: Iterable[str | os.PathLike[str]], on_skip: OnSkip | None = N
 
 def _walk(root: Path, skip: OnSkip) -> Iterator[Path]:
     """Candidate file paths under ``root`` (``root`` itself if it is not a folder), sorted, hidden ones left out."""
-    if not root.is_dir():
+    try:
+        is_dir = stat.S_ISDIR(os.stat(root).st_mode)
+    except OSError:
+        is_dir = False
+    if not is_dir:
         yield root
         return
     try:
@@ -160,8 +164,9 @@ def _file_info(p: Path, skip: OnSkip) -> FileInfo | None:
     try:
         st = os.stat(p)
     except OSError as exc:
-        if named or p.is_symlink():
-            what = "broken or looping symbolic link" if p.is_symlink() else "cannot read file information"
+        link = _is_link(p)
+        if named or link:
+            what = "broken or looping symbolic link" if link else "cannot read file information"
             skip(str(p), f"{shown(p)}: {what} ({_why(exc)}); skipped")
         return None
     kind = _kind(st.st_mode)
@@ -181,6 +186,13 @@ def _file_info(p: Path, skip: OnSkip) -> FileInfo | None:
         skip(resolved, f"{shown(resolved)}: name uses reserved characters U+10FF80..U+10FFFF; skipped")
         return None
     return FileInfo(resolved, modality, st.st_size, st.st_mtime_ns)
+
+
+def _is_link(p: Path) -> bool:
+    try:
+        return stat.S_ISLNK(os.lstat(p).st_mode)
+    except OSError:
+        return False
 
 
 # Names that are not valid UTF-8 reach Python as lone surrogates U+DC80..U+DCFF (PEP 383); the store keeps them as

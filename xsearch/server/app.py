@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hmac
+import json
 import mimetypes
 import os
 import threading
@@ -34,6 +35,14 @@ CSP = ("default-src 'self'; img-src 'self' blob: data:; media-src 'self' blob:; 
        "script-src 'self'; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'")
 
 
+class AsciiJSON(JSONResponse):
+    """JSON with non-ASCII escaped: a file name that is not valid UTF-8 (kept as surrogates) travels as ``\\udcXX``
+    instead of failing the response."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
+
+
 @dataclass
 class Settings:
     """What one server process serves and how."""
@@ -63,7 +72,7 @@ def create_app(home: str | os.PathLike[str], collections: list[str] | None = Non
         yield
         library.close()
 
-    app = FastAPI(title="xsearch", version="1", lifespan=lifespan,
+    app = FastAPI(title="xsearch", version="1", lifespan=lifespan, default_response_class=AsciiJSON,
                   description="Cross-modal search over xsearch collections (read-only). Errors are "
                               '`{"error": "..."}` with the status of their kind (400, 401, 403, 404, 409, 413).')
     app.state.library, app.state.settings, app.state.thumbs = library, settings, thumbs
