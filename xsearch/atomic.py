@@ -1,11 +1,41 @@
-"""Atomic file replacement: write to a temp file in the same folder, fsync, rename."""
+"""Atomic file replacement: write to a temp file in the same folder, fsync, rename. Also the test hook that kills
+the process at a numbered commit point (``XSEARCH_TEST_KILL_AT``), and file checksums."""
 from __future__ import annotations
 
 import contextlib
 import os
 import tempfile
+import zlib
 from pathlib import Path
 from typing import Callable, Iterator
+
+KILL_ENV = "XSEARCH_TEST_KILL_AT"  # "<point>:<n>": os._exit(137) at the n-th commit point named <point> ("any": all)
+TRACE_ENV = "XSEARCH_TEST_TRACE"  # a file: every commit point reached is appended to it, one name per line
+_reached: dict[str, int] = {}
+
+
+def kill_point(name: str) -> None:
+    """A commit point (a file replaced, a SQLite transaction committed): the fault-injection tests stop here."""
+    trace, spec = os.environ.get(TRACE_ENV), os.environ.get(KILL_ENV)
+    if trace:
+        with open(trace, "a", encoding="utf-8") as fh:
+            fh.write(name + "\n")
+    if not spec:
+        return
+    want, _, nth = spec.partition(":")
+    for key in {name, "any"}:
+        _reached[key] = _reached.get(key, 0) + 1
+    if want in (name, "any") and _reached[want] == int(nth or 1):
+        os._exit(137)
+
+
+def file_crc(path: str | os.PathLike[str], chunk: int = 1 << 22) -> str:
+    """CRC-32 of a file's bytes (8 hex digits), read in chunks."""
+    crc = 0
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            crc = zlib.crc32(block, crc)
+    return f"{crc:08x}"
 
 
 @contextlib.contextmanager
@@ -22,6 +52,7 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
             os.fsync(fh.fileno())
         os.replace(tmp_path, target)
         _fsync_dir(target.parent)
+        kill_point("file")
     finally:
         tmp_path.unlink(missing_ok=True)
 

@@ -7,6 +7,7 @@ import functools
 import json
 import os
 import sys
+import warnings
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -18,7 +19,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from .config import DEFAULT_COLLECTION, default_home
-from .errors import BadInput, XSearchError
+from .errors import BadInput, XSearchError, XSearchWarning
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Cross-modal search: index images, text and audio into one vector space and query it.")
@@ -29,6 +30,8 @@ HomeOpt = typer.Option(None, "--home", envvar="XSEARCH_HOME", help="Folder holdi
 CollectionOpt = typer.Option(DEFAULT_COLLECTION, "--collection", "-c", help="Collection name inside the home folder.")
 JsonOpt = typer.Option(False, "--json", help="Machine-readable JSON output.")
 QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress bars or summaries.")
+WaitOpt = typer.Option(False, "--wait", help="If another process is writing the collection, wait for it (default: "
+                       "fail at once, naming it).")
 
 
 @app.callback()
@@ -41,14 +44,36 @@ def _global_options(
         os.environ["HF_HUB_OFFLINE"] = "1"
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """xsearch warnings are one line on stderr; others keep Python's format."""
+    if issubclass(category, XSearchWarning):
+        err.print(f"[yellow]warning:[/yellow] {escape(str(message))}", highlight=False, markup=True)
+    else:
+        _python_showwarning(message, category, filename, lineno, file, line)
+
+
+_python_showwarning = warnings.showwarning
+
+
+def _say(line: str) -> None:
+    err.print(line, highlight=False, markup=False)
+
+
 @contextmanager
 def _errors() -> Iterator[None]:
     """Turn library errors into a one-line message and an exit code."""
+    warnings.showwarning = _show_warning
     try:
         yield
     except XSearchError as exc:
         err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, markup=True)
         raise typer.Exit(exc.exit_code) from None
+    except OSError as exc:  # the file system said no (read-only, permissions, full disk): one line naming the file
+        where = f"{exc.filename}: " if exc.filename else ""
+        err.print(f"[red]error:[/red] {escape(where + (exc.strerror or str(exc)))}", highlight=False, markup=True)
+        raise typer.Exit(1) from None
+    except typer.Exit:
+        raise
     except KeyboardInterrupt:
         err.print("interrupted: finished batches are kept; run the same command again to resume")
         raise typer.Exit(130) from None
@@ -105,6 +130,7 @@ def index(
     memory: Optional[str] = typer.Option(None, "--memory", help="Memory budget for the index, e.g. 4G [default: half the RAM]."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Image decode worker processes [default: by core count; none below 4 CPU cores]."),
     batch_size: int = typer.Option(32, "--batch-size", help="Images per inference batch."),
+    wait: bool = WaitOpt,
     quiet: bool = QuietOpt,
     as_json: bool = JsonOpt,
 ) -> None:
@@ -117,7 +143,7 @@ def index(
         if not p.exists():
             raise BadInput(f"{p}: no such file or folder")
     with Collection.open(_home(home), collection, encoder=encoder, create=True, index=index_spec,
-                         target_recall=target_recall, memory_bytes=parse_memory(memory)) as col:
+                         target_recall=target_recall, memory_bytes=parse_memory(memory), wait=wait, say=_say) as col:
         with _progress(not (quiet or as_json), "embedding") as update:
             report = col.add([str(p) for p in paths or []], captions=captions, progress=update, workers=workers,
                              batch_size=batch_size)
@@ -144,8 +170,10 @@ def query(
     image: Optional[Path] = typer.Option(None, "--image", help="Image query (image→image and image→text)."),
     audio: Optional[Path] = typer.Option(None, "--audio", help="Audio query."),
     file: Optional[Path] = typer.Option(None, "--file", help="Text file: one query per line; prints JSON Lines."),
-    modality: Optional[str] = typer.Option(None, "--modality", "-m", help="What to return: image, text, audio or any."),
+    modality: Optional[str] = typer.Option(None, "--modality", "-m",
+                                           help="What to return: image, text, audio, video or any."),
     k: int = typer.Option(10, "-k", "--top", help="Number of hits."),
+    all_moments: bool = typer.Option(False, "--all-moments", help="Every matching moment of a video, not just its best."),
     weights: Optional[str] = typer.Option(None, "--weights", help="Fused query weights, e.g. text=0.3,image=0.7."),
     under: Optional[List[Path]] = typer.Option(None, "--under", help="Only items under this path (repeatable)."),
     tag: Optional[List[str]] = typer.Option(None, "--tag", help="Only items with this tag (repeatable)."),
@@ -167,22 +195,23 @@ def query(
         raise BadInput("give a TEXT query, --image FILE, --audio FILE or --file QUERIES.txt")
     with Collection.open(_home(home), collection, encoder=encoder, read_only=True) as col:
         if file is not None:
-            _query_file(col, file, k, filters)
+            _query_file(col, file, k, filters, all_moments)
             return
-        hits = col.search(text=text, image=image, audio=audio, k=k, weights=parse_weights(weights, "--weights"), filters=filters)
+        hits = col.search(text=text, image=image, audio=audio, k=k, weights=parse_weights(weights, "--weights"),
+                          filters=filters, all_moments=all_moments)
         _print_hits(hits, as_json)
     global _skip_teardown
     _skip_teardown = True
 
 
-def _query_file(col, file: Path, k: int, filters) -> None:
+def _query_file(col, file: Path, k: int, filters, all_moments: bool = False) -> None:
     try:
         queries = [q.strip() for q in file.read_text(encoding="utf-8").splitlines() if q.strip()]
     except (OSError, UnicodeDecodeError) as exc:
         raise BadInput(f"{file}: unreadable queries file ({exc})") from None
     if not queries:
         raise BadInput(f"{file}: no queries (one per line)")
-    for q, hits in zip(queries, col.search_many(queries, k=k, filters=filters)):
+    for q, hits in zip(queries, col.search_many(queries, k=k, filters=filters, all_moments=all_moments)):
         sys.stdout.write(json.dumps({"query": q, "hits": [h.to_dict() for h in hits]}) + "\n")
 
 
@@ -198,7 +227,8 @@ def _print_hits(hits, as_json: bool) -> None:
     table.add_column("path", overflow="fold")
     table.add_column("text", overflow="fold")
     for h in hits:
-        table.add_row(str(h.rank), f"{h.score:.3f}", h.modality, _short(h.path), (h.text or "")[:80])
+        where = _short(h.path) + (f" @ {h.t:.1f}s" if h.t is not None else "")
+        table.add_row(str(h.rank), f"{h.score:.3f}", h.modality, where, (h.text or "")[:80])
     out.print(table)
 
 
@@ -243,7 +273,7 @@ def info(
     """Show a collection's encoder, index and counts."""
     from .engine import Collection
 
-    with Collection.open(_home(home), collection) as col:
+    with Collection.open(_home(home), collection, read_only=True) as col:
         stats = col.stats()
     if as_json:
         out.print_json(json.dumps(stats))
@@ -266,6 +296,7 @@ def reindex(
     workers: Optional[int] = typer.Option(None, "--workers", help="Image decode worker processes (with --reembed)."),
     home: Optional[Path] = HomeOpt,
     collection: str = CollectionOpt,
+    wait: bool = WaitOpt,
     quiet: bool = QuietOpt,
     as_json: bool = JsonOpt,
 ) -> None:
@@ -273,7 +304,7 @@ def reindex(
     re-embed everything first (a collection built with an older version of its encoder)."""
     from .engine import Collection, parse_memory
 
-    with Collection.open(_home(home), collection) as col:
+    with Collection.open(_home(home), collection, wait=wait, say=_say) as col:
         result: dict = {}
         if reembed:
             with _progress(not (quiet or as_json), "re-embedding") as update:
@@ -317,12 +348,13 @@ def rm(
     paths: List[Path] = typer.Argument(..., help="Files or folders to drop from the collection."),
     home: Optional[Path] = HomeOpt,
     collection: str = CollectionOpt,
+    wait: bool = WaitOpt,
     quiet: bool = QuietOpt,
 ) -> None:
     """Remove files (or everything under folders) from a collection; the files themselves are untouched."""
     from .engine import Collection
 
-    with Collection.open(_home(home), collection) as col:
+    with Collection.open(_home(home), collection, wait=wait, say=_say) as col:
         removed = col.remove([str(p) for p in paths])
         if not quiet:
             err.print(f"{removed} items removed; {len(col)} left")
@@ -339,13 +371,14 @@ def tag(
     modality: str = typer.Option("image", "--modality", "-m", help="Which items to tag: image, audio or text."),
     home: Optional[Path] = HomeOpt,
     collection: str = CollectionOpt,
+    wait: bool = WaitOpt,
     as_json: bool = JsonOpt,
 ) -> None:
     """Zero-shot tagging: store the k best labels of every image (or audio/text item) as tags (`query --tag`)."""
     from .engine import Collection
 
     names = _labels(labels)
-    with Collection.open(_home(home), collection) as col:
+    with Collection.open(_home(home), collection, wait=wait, say=_say) as col:
         tags = col.tag(names, k=k, template=template, modality=modality)
     for path, pairs in tags.items():
         if as_json:
@@ -367,6 +400,38 @@ def _labels(spec: str) -> list[str]:
 
 
 METRIC_COLUMNS = ("R@1", "R@5", "R@10", "mean_rank")
+
+
+@command()
+def verify(
+    repair: bool = typer.Option(False, "--repair", help="Rebuild what can be rebuilt (FAISS from SQLite, SQLite rows "
+                                "by recovery, lost or NaN items by re-embedding their files); damaged files are kept "
+                                "as *.damaged-<time>."),
+    files: bool = typer.Option(False, "--files", help="Also check that every indexed file is still there, unchanged."),
+    home: Optional[Path] = HomeOpt,
+    collection: str = CollectionOpt,
+    wait: bool = WaitOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Check a collection (SQLite integrity, FAISS file vs stored vectors, NaN vectors, versions; --files: the
+    files); exit 1 with one line per problem. --repair fixes what can be fixed from the source of truth."""
+    from .engine import verify_collection as run
+
+    report = run(_home(home), collection, files=files, repair=repair, wait=wait, say=_say)
+    if as_json:
+        sys.stdout.write(json.dumps(report.to_dict()) + "\n")
+    else:
+        for line in report.repaired:
+            err.print(f"repaired: {escape(line)}", highlight=False)
+        for line in report.notes:
+            err.print(f"note: {escape(line)}", highlight=False)
+        for line in report.problems:
+            out.print(f"problem: {escape(line)}", highlight=False)
+        if report.ok:
+            counts = ", ".join(f"{v} {k}" for k, v in report.checked.items())
+            err.print(f"{collection}: ok ({counts} checked)", highlight=False)
+    if not report.ok:
+        raise typer.Exit(1)
 
 
 @command()

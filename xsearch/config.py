@@ -106,7 +106,13 @@ class CollectionInfo:
         if not path.exists():
             raise MissingCollection(f"{folder}: no collection here (missing {INFO_FILE}); run `xsearch index` first")
         try:
-            data = json.loads(path.read_text())
+            data = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
-            raise BadInput(f"{path}: unreadable collection description ({exc})") from exc
-        return cls.from_dict(data)
+            raise BadInput(f"{path}: unreadable collection description ({exc})") from None
+        if not isinstance(data, dict) or not all(k in data for k in ("name", "encoder", "dim")):
+            raise BadInput(f"{path}: not a collection description (expected a JSON object with name, encoder and "
+                           "dim); run `xsearch verify --repair` to rewrite it from meta.sqlite")
+        try:
+            return cls.from_dict(data)
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise BadInput(f"{path}: malformed collection description ({exc})") from None

@@ -42,3 +42,15 @@ class MissingDependency(XSearchError):
 
 class ModelLoadError(XSearchError):
     """Model weights could not be found or loaded (no network here: give a local path)."""
+
+
+class CollectionBusy(XSearchError):
+    """Another process is writing the collection (its writer lock is held); retry, or wait with ``--wait``."""
+
+
+class DamagedCollection(BadInput):
+    """A collection file is damaged (corrupt SQLite pages, missing meta.sqlite): ``xsearch verify --repair``."""
+
+
+class XSearchWarning(UserWarning):
+    """Something the user should know that did not stop the command (the CLI prints it as one line)."""

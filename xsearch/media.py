@@ -12,11 +12,12 @@ from typing import BinaryIO, Callable, Iterable, Iterator, TypeVar
 import numpy as np
 
 from .errors import BadInput
+from .media_video import VIDEO_EXTS
 
 IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
 TEXT_EXTS = frozenset({".txt", ".md"})
 AUDIO_EXTS = frozenset({".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", ".aif"})
-MODALITIES = ("image", "text", "audio")
+MODALITIES = ("image", "text", "audio", "video")
 MAX_TEXT_CHARS = 20_000
 DRAFT_SIZE = 512  # large JPEGs are decoded at reduced scale (Image.draft) to about this size
 MAX_PIXELS = 64_000_000  # decoded pixels per image (after JPEG draft scaling): decompression bombs are refused
@@ -57,8 +58,8 @@ def modality_of(path: str | os.PathLike[str]) -> str | None:
 
 def _modality_by_name(path: Path) -> str | None:
     ext = path.suffix.lower()
-    return next((m for exts, m in ((IMAGE_EXTS, "image"), (TEXT_EXTS, "text"), (AUDIO_EXTS, "audio")) if ext in exts),
-                None)
+    kinds = ((IMAGE_EXTS, "image"), (TEXT_EXTS, "text"), (AUDIO_EXTS, "audio"), (VIDEO_EXTS, "video"))
+    return next((m for exts, m in kinds if ext in exts), None)
 
 
 def _sniff(path: Path) -> str | None:

@@ -10,6 +10,8 @@ Modules (each imports only downwards: encoders, index, store, media, config, err
 - ``similarity``  :func:`embed_many`, :func:`cosine_matrix`, :func:`similarity_matrix`, :func:`save_matrix`.
 - ``catalog``     :func:`list_encoders`, :func:`describe_encoder`, :func:`get_encoder`, :func:`parse_memory`,
   :func:`train_encoder` (wraps ``xsearch.train``).
+- ``verify``      :func:`verify_collection` (``xsearch verify [--repair]``), :class:`VerifyReport`.
+- ``locking``     :class:`WriterLock`: one writer per collection (readers never take it).
 - ``versioning``  encoder fingerprints: a collection built with another version of its encoder is *stale*.
 - ``batching``    decode/embed files in batches (image decoding in worker processes).
 
@@ -41,6 +43,8 @@ _MODULES = {
     "batching": ("shown",),
     "similarity": ("Query", "embed_many", "cosine_matrix", "MatrixResult", "similarity_matrix", "save_matrix"),
     "catalog": ("list_encoders", "describe_encoder", "get_encoder", "parse_memory", "train_encoder"),
+    "verify": ("verify_collection", "VerifyReport"),
+    "locking": ("WriterLock",),
 }
 _EXPORTS = {name: module for module, names in _MODULES.items() for name in names}
 __all__ = sorted(_EXPORTS)

@@ -2,18 +2,24 @@
 from __future__ import annotations
 
 import os
+import warnings
+from contextlib import contextmanager
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Iterator, Sequence
 
 import numpy as np
 
 from ..config import (DEFAULT_COLLECTION, DEFAULT_ENCODER, INFO_FILE, META_FILE, VECTORS_FILE, CollectionInfo,
                       IndexSpec, default_home)
+from ..atomic import file_crc
 from ..encoders import Encoder, create, l2_normalize
-from ..errors import BadInput, DimensionMismatch, EncoderMismatch, MissingCollection, MissingItem
+from ..errors import (BadInput, CollectionBusy, DimensionMismatch, EncoderMismatch, MissingCollection, MissingItem,
+                      XSearchWarning)
 from . import indexer
 from .indexer import IndexReport, ProgressFn, ReembedReport
+from .locking import Say, WriterLock
 from .query import Filters, Hit, ModalityIds, default_modalities
 from .similarity import Query, cosine_matrix
 from .versioning import FINGERPRINT_KEY, stale_message, stored_fingerprint
@@ -22,6 +28,9 @@ if TYPE_CHECKING:  # pragma: no cover - faiss and SQLAlchemy load with the first
     from ..index import IdSet, VectorIndex
     from ..store import ItemRecord, ItemRow, Store
 
+GENERATION_KEY = "generation"  # meta keys: bumped by every save; the FAISS file's CRC-32, size and mtime at that save
+CRC_KEY, SIZE_KEY, MTIME_KEY = "faiss_crc32", "faiss_size", "faiss_mtime_ns"
+CRC_AT_OPEN = 256 << 20  # FAISS files up to this size are checksummed at every open
 TAG_TEMPLATES = {"image": "a photo of a {}.", "audio": "the sound of {}.", "text": "{}"}  # zero-shot prompt per modality
 
 
@@ -47,91 +56,219 @@ def list_collections(home: str | os.PathLike[str] | None = None) -> list[str]:
 class Collection:
     """A searchable collection stored in ``<home>/<name>/`` (collection.json, vectors.faiss, meta.sqlite).
 
+    Writes (add, remove, reembed, tag, rebuild_index, save) take the collection's writer lock
+    (:class:`~xsearch.engine.locking.WriterLock`); readers never take it and never write.
+
     >>> col = Collection.open("indexes", "photos", create=True)   # doctest: +SKIP
     >>> col.add(["./photos"]); col.search(text="a dog on a beach", k=5)   # doctest: +SKIP
     """
 
     def __init__(self, folder: Path, info: CollectionInfo, store: "Store", index: "VectorIndex",
-                 encoder: Encoder | None = None):
+                 encoder: Encoder | None = None, lock: WriterLock | None = None):
         self.folder, self.info, self.store, self.index = folder, info, store, index
         self._encoder = encoder
         self._modality = ModalityIds(store)
         self._dirty = False
+        self.lock = lock or WriterLock(folder, folder.name)
+        self._unsaved = False  # the index in memory was rebuilt from the store and vectors.faiss is behind it
+        self._generation = store.get_meta(GENERATION_KEY)
+        self._signature = disk_signature(folder)
+        self.warnings: list[str] = []  # what this handle warned about (each once)
 
     # ---- opening ------------------------------------------------------------------------------
     @classmethod
     def open(cls, home: str | os.PathLike[str] | None = None, name: str = DEFAULT_COLLECTION,
              encoder: str | Encoder | None = None, create: bool = False, index: str = "auto",
              target_recall: float = 0.95, memory_bytes: int | None = None,
-             read_only: bool = False) -> "Collection":
+             read_only: bool = False, wait: bool | float = False, say: Say | None = None) -> "Collection":
         """Open collection ``name`` under ``home``; with ``create=True`` make it (with ``encoder``) if missing.
 
         ``index`` (``auto``, ``flat``, ``ivf``, ``ivfpq``, ``hnsw``, ... or a FAISS factory string), ``target_recall``
         and ``memory_bytes`` choose the FAISS index of a new collection. ``read_only=True`` memory-maps the FAISS
-        file where FAISS can (fast opens of big indexes for querying) and never writes: SQLite is opened read-only,
-        a stale index (an interrupted ``add``) is rebuilt in memory only, and add/remove/tag/reembed raise. Raises
-        EncoderMismatch if ``encoder`` differs from the one the collection was built with, or (when the encoder is
-        first needed) if the collection was built with another version of it (see :meth:`reembed`).
+        file where FAISS can (fast opens of big indexes for querying) and never writes any file: SQLite is opened
+        read-only, an index that is stale, missing or damaged is rebuilt in memory from the stored vectors (with one
+        warning), and add/remove/tag/reembed raise. ``wait``: what a write does when another process holds the
+        writer lock (False: CollectionBusy at once; True: wait; seconds: wait that long), ``say`` gets the waiting
+        messages. Raises EncoderMismatch if ``encoder`` differs from the one the collection was built with, or
+        (when the encoder is first needed) if the collection was built with another version of it.
         """
-        from ..index import VectorIndex
         from ..store import Store
 
-        folder = Path(home or default_home()) / name
+        folder = collection_folder(home, name)
         if not (folder / INFO_FILE).exists():
             if not create:
                 raise MissingCollection(f"no collection '{name}' in {folder.parent} (run `xsearch index PATH` first, "
                                         f"or pass --home/--collection)")
             return cls._create(folder, name, encoder or DEFAULT_ENCODER,
-                               dict(index_request=index, target_recall=target_recall, memory_bytes=memory_bytes))
+                               dict(index_request=index, target_recall=target_recall, memory_bytes=memory_bytes),
+                               WriterLock(folder, name, wait, say))
+        if create:
+            _check_index_choice(index, target_recall, None)
         info = CollectionInfo.load(folder)
         enc = _check_encoder(info, encoder)
         store = Store(folder / META_FILE, read_only=read_only)
-        stored_fp = stored_fingerprint(info, store)
-        if stored_fp != info.encoder_fingerprint:  # killed between the re-embed swap and writing collection.json
-            info = info.touched(encoder_fingerprint=stored_fp)
-        col = cls(folder, info, store, VectorIndex(info.dim, info.index), enc)
         try:
+            col = cls(folder, info, store, None, enc, WriterLock(folder, name, wait, say))  # type: ignore[arg-type]
+            col._load()
             if enc is not None:
                 col.check_encoder()
-            col._load_index(mmap=read_only)
         except BaseException:
             store.close()
             raise
         return col
 
     @classmethod
-    def _create(cls, folder: Path, name: str, encoder: str | Encoder, index_options: dict) -> "Collection":
+    def _create(cls, folder: Path, name: str, encoder: str | Encoder, index_options: dict,
+                lock: WriterLock) -> "Collection":
         from ..index import VectorIndex
         from ..store import Store
 
         enc = encoder if isinstance(encoder, Encoder) else create(encoder)
-        folder.mkdir(parents=True, exist_ok=True)
-        info = CollectionInfo(name=name, encoder=enc.id, dim=enc.dim, encoder_fingerprint=enc.fingerprint,
-                              index=IndexSpec(), **index_options)
-        store = Store(folder / META_FILE)
-        store.set_meta("encoder", enc.id)
-        store.set_meta(FINGERPRINT_KEY, enc.fingerprint)
-        col = cls(folder, info, store, VectorIndex(enc.dim, info.index), enc)
-        col.save()
+        _check_index_choice(index_options["index_request"], index_options["target_recall"], enc.dim)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise BadInput(f"{folder}: cannot create the collection folder ({exc.strerror or exc})") from None
+        with lock:
+            if (folder / INFO_FILE).exists():  # another process created it while we waited for the lock
+                return cls.open(folder.parent, name, encoder=enc, wait=lock.wait, say=lock.say)
+            info = CollectionInfo(name=name, encoder=enc.id, dim=enc.dim, encoder_fingerprint=enc.fingerprint,
+                                  index=IndexSpec(), **index_options)
+            store = Store(folder / META_FILE, create=True)
+            store.set_metas({"encoder": enc.id, FINGERPRINT_KEY: enc.fingerprint})
+            col = cls(folder, info, store, VectorIndex(enc.dim, info.index), enc, lock)
+            col.save()
         return col
 
+    def _load(self) -> None:
+        """(Re)read collection.json's fingerprint fix-up and the FAISS index, as a fresh open does."""
+        from ..index import VectorIndex
+
+        stored_fp = stored_fingerprint(self.info, self.store)
+        if stored_fp != self.info.encoder_fingerprint:  # killed between the re-embed swap and writing collection.json
+            self.info = self.info.touched(encoder_fingerprint=stored_fp)
+        self.index = VectorIndex(self.info.dim, self.info.index)
+        self._load_index(mmap=self.read_only)
+
     def _load_index(self, mmap: bool = False) -> None:
-        """Load vectors.faiss; rebuild it from stored vectors if missing, stale (interrupted run) or inconsistent."""
+        """Load vectors.faiss; if it is missing, stale (interrupted or running write), damaged or inconsistent,
+        a writer that can take the lock rebuilds and saves it, anyone else rebuilds it in memory and warns once."""
+        problem = self._index_problem(mmap)
+        if problem is None:
+            return
+        if not self.read_only and self._repair_if_free():
+            self.warn(f"collection '{self.name}': {problem}; rebuilt it from {META_FILE} and saved it")
+            return
+        self.index = self._built_index()
+        self.index.read_only = self.read_only
+        self._unsaved = True
+        self.warn(f"collection '{self.name}': {problem}; searching an index rebuilt in memory from {META_FILE}"
+                  + (" (the next write, or `xsearch verify --repair`, saves it)"))
+
+    def _index_problem(self, mmap: bool) -> str | None:
+        """Why vectors.faiss cannot be used as it is (None: loaded into ``self.index``)."""
         from ..index import VectorIndex
 
         path = self.folder / VECTORS_FILE
-        fresh = path.exists() and self.store.get_meta("dirty") != "1"
-        if fresh:
-            try:
-                self.index = VectorIndex.load(path, self.info.dim, self.info.index, mmap=mmap)
-                fresh = self.index.ntotal == self.store.count()
-            except BadInput:
-                fresh = False
-        if not fresh and mmap:  # a read-only handle never writes: serve the stored vectors from memory
-            self.index = self._built_index()
-            self.index.read_only = True
-        elif not fresh:
+        meta = self.store.metas()
+        if meta.get("dirty") == "1":
+            return f"{VECTORS_FILE} is behind {META_FILE} (a write is running or was interrupted)"
+        if not path.exists():
+            return f"{VECTORS_FILE} is missing"
+        damaged = checksum_problem(path, meta)
+        if damaged:
+            return damaged
+        try:
+            index = VectorIndex.load(path, self.info.dim, self.info.index, mmap=mmap)
+        except (BadInput, DimensionMismatch) as exc:
+            return f"{VECTORS_FILE} is unreadable ({exc})"
+        count = self.store.count()
+        if index.ntotal != count:
+            return f"{VECTORS_FILE} holds {index.ntotal} vectors, {META_FILE} {count}"
+        self.index = index
+        return None
+
+    def _repair_if_free(self) -> bool:
+        """A writable handle: rebuild and save the index now if no other process is writing; False if one is."""
+        try:
+            self.lock.acquire(wait=False)
+        except (CollectionBusy, BadInput):  # another writer, or storage this process cannot write
+            return False
+        try:
+            self.store.writing(True)
+            if self._index_problem(False) is None:  # the writer we raced with has just finished
+                return True
             self.rebuild_index()
+            return True
+        finally:
+            self._end_writing()
+
+    def warn(self, message: str) -> None:
+        """Warn once per handle (XSearchWarning: the CLI prints it as one line on stderr)."""
+        if message not in self.warnings:
+            self.warnings.append(message)
+            warnings.warn(message, XSearchWarning, stacklevel=3)
+
+    def refresh(self) -> bool:
+        """See changes committed by writers since this handle was opened (or last refreshed); True if it reloaded.
+
+        Cheap when nothing changed (a few ``stat`` calls). A handle of a collection in the middle of a write sees
+        every batch committed so far (from an in-memory index); it never writes.
+        """
+        from ..store import Store
+
+        signature = disk_signature(self.folder)
+        if signature == self._signature or self.lock.held:
+            return False
+        info = CollectionInfo.load(self.folder)
+        store = Store(self.folder / META_FILE, read_only=self.read_only)
+        old = self.store
+        self.info, self.store, self._modality = info, store, ModalityIds(store)
+        self._signature, self._generation, self._unsaved = signature, store.get_meta(GENERATION_KEY), False
+        old.close()
+        self._load()
+        return True
+
+    # ---- the writer's side ----------------------------------------------------------------------
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """Hold the writer lock around a write: the first level also puts SQLite in WAL mode and catches up with
+        what other writers committed since this handle loaded (reloading, repairing a stale index)."""
+        self._writable()
+        outer = not self.lock.held
+        self.lock.acquire()
+        try:
+            if outer:
+                self.store.writing(True)
+                self._catch_up()
+            yield
+        except OSError as exc:
+            raise BadInput(f"{self.folder}: cannot write the collection ({exc.strerror or exc})") from None
+        finally:
+            if outer:
+                self._end_writing()
+            else:
+                self.lock.release()
+
+    def _end_writing(self) -> None:
+        try:
+            self.store.writing(False)
+        finally:
+            self.lock.release()
+
+    def _catch_up(self) -> None:
+        """Under the lock: reload if another writer saved since we loaded; rebuild an index that is stale."""
+        meta = self.store.metas()
+        if meta.get(GENERATION_KEY) != self._generation or meta.get("dirty") == "1" or self._unsaved:
+            self.info = CollectionInfo.load(self.folder)
+            self._modality.reset()
+            stored_fp = stored_fingerprint(self.info, self.store)
+            if stored_fp != self.info.encoder_fingerprint:
+                self.info = self.info.touched(encoder_fingerprint=stored_fp)
+            if self._index_problem(False) is not None:
+                self.index = self._built_index()
+                self._unsaved = True
+            self._generation = meta.get(GENERATION_KEY)
 
     def rebuild_index(self, request: str | None = None, target_recall: float | None = None,
                       memory_bytes: int | None = None) -> None:
@@ -140,13 +277,16 @@ class Collection:
         ``request`` etc. change the collection's index choice (``xsearch reindex --index ...``); by default the
         recorded choice is applied again at the current size, so an ``auto`` collection that grew gets a bigger index.
         """
-        self._writable()
-        changes = {k: v for k, v in dict(index_request=request, target_recall=target_recall,
-                                         memory_bytes=memory_bytes).items() if v is not None}
-        self.info = self.info.touched(**changes)
-        self.index = self._built_index()
-        self._modality.reset()
-        self.save()
+        if request is not None or target_recall is not None:
+            _check_index_choice(request or self.info.index_request,
+                                self.info.target_recall if target_recall is None else target_recall, self.info.dim)
+        with self._writing():
+            changes = {k: v for k, v in dict(index_request=request, target_recall=target_recall,
+                                             memory_bytes=memory_bytes).items() if v is not None}
+            self.info = self.info.touched(**changes)
+            self.index = self._built_index()
+            self._modality.reset()
+            self.save()
 
     def _built_index(self) -> "VectorIndex":
         """A new FAISS index of every stored vector, as the collection's index choice asks."""
@@ -230,25 +370,27 @@ class Collection:
         """
         paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
         self._writable()
-        encoder, writer = self.encoder, _Writer(self)
-        try:
-            report = (indexer.add_files(self.store, writer, encoder, paths, progress, workers, batch_size)
-                      if paths else IndexReport())
-            if captions is not None:
-                indexer.add_captions(self.store, writer, encoder, captions, report)
-            self._settle_index()
-            report.outgrown = self.index_outgrown()
-        finally:
-            self.save()
+        encoder = self.encoder
+        with self._writing():
+            writer = _Writer(self)
+            try:
+                report = (indexer.add_files(self.store, writer, encoder, paths, progress, workers, batch_size)
+                          if paths else IndexReport())
+                if captions is not None:
+                    indexer.add_captions(self.store, writer, encoder, captions, report)
+                self._settle_index()
+                report.outgrown = self.index_outgrown()
+            finally:
+                self.save()
         return report
 
     def remove(self, paths: Sequence[str | os.PathLike[str]]) -> int:
         """Drop files (or everything under folders) from the collection; return how many items went."""
-        self._writable()
         under = [str(Path(p).expanduser().resolve()) for p in paths]
-        ids = self.store.ids_where(under=under)
-        removed = _Writer(self).delete(ids.tolist()) if ids.size else []
-        self.save()
+        with self._writing():
+            ids = self.store.ids_where(under=under)
+            removed = _Writer(self).delete(ids.tolist()) if ids.size else []
+            self.save()
         return len(removed)
 
     def reembed(self, progress: ProgressFn | None = None, workers: int | None = None, batch_size: int = 32,
@@ -261,17 +403,17 @@ class Collection:
         index never mixes two versions. Items whose file is gone or unreadable are dropped and reported.
         ``index`` etc. change the index choice as in :meth:`rebuild_index`.
         """
-        self._writable()
         enc = self._current_encoder()
-        report = ReembedReport(enc.id, self.info.encoder_fingerprint, enc.fingerprint)
-        indexer.stage_reembed(self.store.rows(), self.store, enc, report, progress, workers, batch_size)
-        self.info = self.info.touched(dim=enc.dim, encoder_fingerprint=enc.fingerprint)
-        report.dropped, removed = self.store.swap_staged(enc.fingerprint, {FINGERPRINT_KEY: enc.fingerprint,
-                                                                            "dirty": "1"})
-        report.removed = len(removed)
-        self._dirty = True
-        self.info.save(self.folder)  # the new fingerprint; the store already says so and is marked dirty
-        self.rebuild_index(index, target_recall, memory_bytes)  # saves index + collection.json, marks the store clean
+        with self._writing():
+            report = ReembedReport(enc.id, self.info.encoder_fingerprint, enc.fingerprint)
+            indexer.stage_reembed(self.store.rows(), self.store, enc, report, progress, workers, batch_size)
+            self.info = self.info.touched(dim=enc.dim, encoder_fingerprint=enc.fingerprint)
+            report.dropped, removed = self.store.swap_staged(enc.fingerprint, {FINGERPRINT_KEY: enc.fingerprint,
+                                                                                "dirty": "1"})
+            report.removed = len(removed)
+            self._dirty = True
+            self.info.save(self.folder)  # the new fingerprint; the store already says so and is marked dirty
+            self.rebuild_index(index, target_recall, memory_bytes)  # saves index + collection.json, marks it clean
         return report
 
     def tag(self, labels: Sequence[str], k: int = 3, template: str | None = None,
@@ -287,12 +429,13 @@ class Collection:
             raise BadInput(f"cannot tag modality '{modality}' (use image, audio or text)")
         template = template or TAG_TEMPLATES[modality]
         label_vecs = self.encoder.encode_text([_prompt(template, label) for label in labels])
-        rows = self.store.rows(modalities=[modality])
-        vecs = self.vectors([r.id for r in rows])
-        sims = vecs @ label_vecs.T
-        top = np.argsort(-sims, axis=1)[:, :k]
-        tags = {r.id: [(labels[j], float(sims[i, j])) for j in top[i]] for i, r in enumerate(rows)}
-        self.store.set_tags(tags)
+        with self._writing():
+            rows = self.store.rows(modalities=[modality])
+            vecs = self.vectors([r.id for r in rows])
+            sims = vecs @ label_vecs.T
+            top = np.argsort(-sims, axis=1)[:, :k]
+            tags = {r.id: [(labels[j], float(sims[i, j])) for j in top[i]] for i, r in enumerate(rows)}
+            self.store.set_tags(tags)
         return {r.path: tags[r.id] for r in rows}
 
     def _mark_dirty(self) -> None:
@@ -306,12 +449,20 @@ class Collection:
                            "read_only to change it")
 
     def save(self) -> None:
-        """Write vectors.faiss and collection.json atomically and mark the store clean."""
-        self.index.save(self.folder / VECTORS_FILE)
-        self.info = self.info.touched(counts=self.store.counts(), index=self.index.spec)
-        self.info.save(self.folder)
-        self.store.set_meta("dirty", "0")
-        self._dirty = False
+        """Write vectors.faiss and collection.json atomically, then, in one SQLite transaction, record the FAISS
+        file's checksum, bump the generation and mark the store clean."""
+        with self._writing():
+            self._mark_dirty()  # a kill between the two files and the store leaves the dirty flag, not a bad checksum
+            path = self.folder / VECTORS_FILE
+            self.index.save(path)
+            st = path.stat()
+            self.info = self.info.touched(counts=self.store.counts(), index=self.index.spec)
+            self.info.save(self.folder)
+            self._generation = str(int(self.store.get_meta(GENERATION_KEY) or 0) + 1)
+            self.store.set_metas({"dirty": "0", GENERATION_KEY: self._generation, CRC_KEY: file_crc(path),
+                                  SIZE_KEY: str(st.st_size), MTIME_KEY: str(st.st_mtime_ns)})
+            self._dirty = self._unsaved = False
+            self._signature = disk_signature(self.folder)
 
     def _checked(self, vectors: np.ndarray) -> np.ndarray:
         vectors = np.atleast_2d(np.asarray(vectors, np.float32))
@@ -346,48 +497,60 @@ class Collection:
                vector: np.ndarray | None = None, k: int = 10, modality: str | Sequence[str] | None = None,
                weights: dict[str, float] | None = None, filters: Filters | None = None, *,
                under: Sequence[str | os.PathLike[str]] | None = None, tags: Sequence[str] | None = None,
-               since: datetime | None = None, until: datetime | None = None) -> list[Hit]:
+               since: datetime | None = None, until: datetime | None = None, all_moments: bool = False) -> list[Hit]:
         """Nearest items to a text / image / audio query (or a fused mix, or a raw ``vector``).
 
         ``filters`` (:class:`Filters`), or the same as keywords: ``modality`` (what to return: ``image``, ``text``,
         ``audio``, ``any`` or a list; default: a text-only query returns images and audio, other queries any
         modality), ``under`` (path prefixes), ``tags``, ``since``/``until`` (file modification time).
+        A video is one hit at its best-matching moment (``Hit.t``), or one hit per moment with ``all_moments``.
         """
         f = Filters.make(filters, modality=modality, under=under, tags=tags, since=since, until=until)
         q = vector if vector is not None else self.embed(text, image, audio, weights)
         text_only = vector is None and image is None and audio is None
-        return self.search_vectors(np.atleast_2d(q), k, f, text_only=text_only)[0]
+        return self.search_vectors(np.atleast_2d(q), k, f, text_only=text_only, all_moments=all_moments)[0]
 
     def search_many(self, texts: Sequence[str], k: int = 10, modality: str | Sequence[str] | None = None,
                     filters: Filters | None = None, *, under: Sequence[str | os.PathLike[str]] | None = None,
                     tags: Sequence[str] | None = None, since: datetime | None = None,
-                    until: datetime | None = None) -> list[list[Hit]]:
+                    until: datetime | None = None, all_moments: bool = False) -> list[list[Hit]]:
         """Run many text queries in one batch (same filters as :meth:`search`)."""
         if any(not str(t).strip() for t in texts):
             raise BadInput("empty query text")
         f = Filters.make(filters, modality=modality, under=under, tags=tags, since=since, until=until)
         if not texts:
             return []
-        return self.search_vectors(self.encoder.encode_text(list(texts)), k, f, text_only=True)
+        return self.search_vectors(self.encoder.encode_text(list(texts)), k, f, text_only=True,
+                                   all_moments=all_moments)
 
     def similar(self, item_id: int, k: int = 10, filters: Filters | None = None) -> list[Hit]:
         """"More like this": the nearest items to a stored item's vector, the item itself left out."""
-        vector = self.vectors([self.item(item_id).id])
+        row = self.item(item_id)
+        if row.modality == "video" and row.parent_id is None:
+            raise BadInput(f"item {item_id} is a video file: ask for more like one of its moments (a hit's id)")
+        vector = self.vectors([row.id])
         hits = self.search_vectors(vector, k + 1, filters or Filters())[0]
         others = [h for h in hits if h.id != item_id][:k]
-        return [Hit(i + 1, h.score, h.path, h.modality, h.text, h.id) for i, h in enumerate(others)]
+        return [replace(h, rank=i + 1) for i, h in enumerate(others)]
 
     def search_vectors(self, queries: np.ndarray, k: int = 10, filters: Filters | None = None, *,
-                       text_only: bool = False) -> list[list[Hit]]:
-        """Search with query vectors; filters become an id allow-list inside FAISS (k hits whenever k match)."""
+                       text_only: bool = False, all_moments: bool = False) -> list[list[Hit]]:
+        """Search with query vectors; filters become an id allow-list inside FAISS (k hits whenever k match).
+        Moments of one video collapse into its best one unless ``all_moments`` (the search widens to keep k hits)."""
         queries = self._checked(queries)
         filters = filters or Filters()
         allowed = self._allowed(filters, default_modalities(filters, text_only, self._modality))
         if allowed is not None and len(allowed) == 0:
             return [[] for _ in queries]
-        scores, ids = self.index.search(queries, k, allowed=allowed)
-        rows = self.store.get(np.unique(ids[ids >= 0]).tolist())
-        return [_hits(s, i, rows) for s, i in zip(scores, ids)]
+        collapse = not all_moments and bool(self._modality.counts().get("video"))
+        fetch = min(k * 4, max(k, self.index.ntotal)) if collapse else k
+        while True:
+            scores, ids = self.index.search(queries, fetch, allowed=allowed)
+            rows = self.store.get(np.unique(ids[ids >= 0]).tolist())
+            out = [_hits(s, i, rows, k, collapse) for s, i in zip(scores, ids)]
+            if not collapse or fetch >= self.index.ntotal or all(len(h) >= k for h in out):
+                return out
+            fetch = min(fetch * 4, self.index.ntotal)
 
     def _allowed(self, filters: Filters, modalities: list[str] | None) -> "IdSet | None":
         """The ids a search may return (None: all). Modality alone uses the per-handle cache: no SQL per query."""
@@ -415,6 +578,15 @@ class Collection:
         if not path.is_file():
             raise MissingItem(f"item {item_id} of collection '{self.name}': {path} is gone")
         return path
+
+    def moment_frame(self, item_id: int):
+        """The video frame (a PIL image) at a video moment's ``t`` (its key frame); BadInput for other items."""
+        from ..media_video import frame_at
+
+        row = self.item(item_id)
+        if row.modality != "video" or row.t is None:
+            raise BadInput(f"item {item_id} is not a video moment")
+        return frame_at(str(self.file_of(item_id)), row.t)
 
     def items(self, filters: Filters | None = None, *, source: str | None = None) -> list["ItemRow"]:
         """Stored items matching ``filters`` (``source``: captions from this CSV), ordered by id."""
@@ -467,14 +639,81 @@ class _Writer:
     def touch(self, ids_mtimes: Iterable[tuple[int, int]]) -> None:
         self.col.store.touch(ids_mtimes)
 
+    def write_group(self, parent: "ItemRecord", children: Sequence["ItemRecord"], vectors: np.ndarray) -> list[int]:
+        """Store a video (no vector) with its moments, replacing its old ones, and index the moments' vectors."""
+        vectors = self.col._checked(vectors) if len(vectors) else vectors
+        self.col._mark_dirty()
+        parent_id, ids, removed = self.col.store.replace_group(parent, children, vectors)
+        self.col.index.remove(np.asarray(removed, np.int64))
+        self.col._modality.removed(removed)
+        if ids:
+            self.col.index.add(np.asarray(ids, np.int64), vectors)
+        self.col._modality.added([parent_id, *ids], [parent.modality] + [c.modality for c in children])
+        return ids
 
-def _hits(scores: np.ndarray, ids: np.ndarray, rows: dict[int, "ItemRow"]) -> list[Hit]:
-    hits = []
+
+def _hits(scores: np.ndarray, ids: np.ndarray, rows: dict[int, "ItemRow"], k: int, collapse: bool) -> list[Hit]:
+    """Ranked hits (at most ``k``); with ``collapse``, only the best moment of each video."""
+    hits: list[Hit] = []
+    videos: set[int] = set()
     for score, item_id in zip(scores, ids):
         row = rows.get(int(item_id))
-        if row is not None:
-            hits.append(Hit(len(hits) + 1, float(score), row.path, row.modality, row.text, row.id))
+        if row is None or len(hits) >= k:
+            continue
+        if collapse and row.t is not None and row.parent_id is not None:
+            if row.parent_id in videos:
+                continue
+            videos.add(row.parent_id)
+        hits.append(Hit(len(hits) + 1, float(score), row.path, row.modality, row.text, row.id, row.t))
     return hits
+
+
+def collection_folder(home: str | os.PathLike[str] | None, name: str) -> Path:
+    """``<home>/<name>``; BadInput for a name that is not a plain folder name or a home that is not a folder."""
+    if (not isinstance(name, str) or not name.strip() or name.startswith(".") or "\0" in name
+            or any(sep in name for sep in {"/", "\\", os.sep})):
+        raise BadInput(f"collection name {name!r}: use a plain name (letters, digits, '-', '_'), not a path")
+    root = Path(home or default_home()).expanduser()
+    if root.exists() and not root.is_dir():
+        raise BadInput(f"{root}: the home folder (--home / XSEARCH_HOME) is a file, not a folder")
+    return root / name
+
+
+def _check_index_choice(request: str, target_recall: float, dim: int | None) -> None:
+    """BadInput for an index choice that could never be built, before anything is stored."""
+    from ..index import check_request
+
+    if not 0 < float(target_recall) <= 1:
+        raise BadInput(f"target recall {target_recall} must be in (0, 1]")
+    check_request(request, dim or 8)
+
+
+def disk_signature(folder: Path) -> tuple:
+    """(mtime, size, inode) of each file a writer changes: what :meth:`Collection.refresh` compares."""
+    out = []
+    for name in (INFO_FILE, VECTORS_FILE, META_FILE, META_FILE + "-wal"):
+        try:
+            st = os.stat(folder / name)
+            out.append((st.st_mtime_ns, st.st_size, st.st_ino))
+        except OSError:
+            out.append(None)
+    return tuple(out)
+
+
+def checksum_problem(path: Path, meta: dict[str, str], full: bool = False) -> str | None:
+    """Why vectors.faiss does not match the size/CRC recorded at its last save (None: it does, or none recorded).
+
+    Files up to CRC_AT_OPEN bytes (or any, with ``full``) are checksummed; bigger ones only when their mtime
+    differs from the recorded one (``xsearch verify`` always checksums)."""
+    if CRC_KEY not in meta:
+        return None
+    st = path.stat()
+    damaged = f"{path.name} does not match the checksum recorded at its last save (damaged)"
+    if str(st.st_size) != meta.get(SIZE_KEY):
+        return damaged
+    if not full and st.st_size > CRC_AT_OPEN and str(st.st_mtime_ns) == meta.get(MTIME_KEY):
+        return None
+    return damaged if file_crc(path) != meta[CRC_KEY] else None
 
 
 def _check_encoder(info: CollectionInfo, encoder: str | Encoder | None) -> Encoder | None:

@@ -18,7 +18,9 @@ import numpy as np
 from ..encoders.base import Encoder
 from ..errors import BadInput
 from ..media import AUDIO_EXTS, IMAGE_EXTS, TEXT_EXTS, FileInfo, discover, file_hash, shown
+from ..media_video import VIDEO_EXTS
 from .batching import Batch, check_batching, embed_audio, embed_images, embed_texts
+from .video import embed_videos, is_video_batch, stage_videos, write_video
 
 if TYPE_CHECKING:  # pragma: no cover - SQLAlchemy loads with the first write, not with this module
     from ..store import ItemRecord, ItemRow
@@ -44,6 +46,8 @@ class ItemWriter(Protocol):
     def delete(self, ids: Sequence[int]) -> list[int]: ...
 
     def touch(self, ids_mtimes: Iterable[tuple[int, int]]) -> None: ...
+
+    def write_group(self, parent: ItemRecord, children: Sequence[ItemRecord], vectors: np.ndarray) -> list[int]: ...
 
 
 class Stager(Protocol):
@@ -87,7 +91,7 @@ def plan(reader: ItemReader, roots: Sequence[str | os.PathLike[str]]) -> _Plan:
     out = _Plan()
     files = list(discover(roots, on_skip=lambda path, reason: out.skipped.append((path, reason))))
     if not files and not out.skipped and not reader.ids_where(under=[_abs(r) for r in roots]).size:
-        exts = ", ".join(sorted(IMAGE_EXTS | TEXT_EXTS | AUDIO_EXTS))
+        exts = ", ".join(sorted(IMAGE_EXTS | TEXT_EXTS | AUDIO_EXTS | VIDEO_EXTS))
         raise BadInput(f"{', '.join(shown(r) for r in roots)}: no supported files to index (looked for {exts})")
     stored = reader.by_keys([f.path for f in files])
     for f in files:
@@ -136,8 +140,16 @@ def add_files(reader: ItemReader, writer: ItemWriter, encoder: Encoder, roots: S
     progress(0, len(todo))
 
     def on_batch(batch: Batch) -> None:
-        records = [_record(f, extra) for f, extra in zip(batch.files, batch.extras)]
-        writer.write(records, batch.vectors)
+        if is_video_batch(batch):  # one video: its vectors are its moments'
+            f = batch.files[0]
+            try:
+                record = _record(f, {**batch.extras[0], **_identity_after(f)})
+            except BadInput as exc:
+                on_error(f.path, str(exc))
+                return
+            write_video(writer, record, batch.extras[0]["moments"], batch.vectors)
+        else:
+            writer.write([_record(f, extra) for f, extra in zip(batch.files, batch.extras)], batch.vectors)
         report.updated += sum(f.path in changed for f in batch.files)
         report.added += sum(f.path not in changed for f in batch.files)
         progress(len(batch.files), len(todo))
@@ -150,6 +162,9 @@ def add_files(reader: ItemReader, writer: ItemWriter, encoder: Encoder, roots: S
     return report
 
 
+EMBEDS_AS = {"video": "image"}  # what the encoder must embed for a file of this modality (video: its key frames)
+
+
 def embed_files(encoder: Encoder, todo: Sequence[FileInfo], on_batch: Callable[[Batch], None],
                 on_error: Callable[[str, str], None], workers: int | None = None, batch_size: int = 32) -> None:
     """Embed files grouped by modality, in batches; bad files and unsupported modalities go to ``on_error``."""
@@ -157,15 +172,33 @@ def embed_files(encoder: Encoder, todo: Sequence[FileInfo], on_batch: Callable[[
     for f in todo:
         by_mod.setdefault(f.modality, []).append(f)
     for modality, files in by_mod.items():
-        if not encoder.supports(modality):
+        if not encoder.supports(EMBEDS_AS.get(modality, modality)):
             for f in files:
                 on_error(f.path, f"{shown(f.path)}: encoder '{encoder.id}' cannot embed {modality}; skipped")
         elif modality == "image":
             embed_images(encoder, files, on_batch, on_error, batch_size=batch_size, workers=workers)
         elif modality == "text":
             embed_texts(encoder, files, on_batch, on_error)
+        elif modality == "video":
+            embed_videos(encoder, files, on_batch, on_error)
         else:
             embed_audio(encoder, files, on_batch, on_error)
+
+
+def _identity_after(f: FileInfo) -> dict:
+    """Size/mtime/sha256 of a file decoded straight from its path (video), taken after decoding: ``BadInput`` if it
+    is not the file that was discovered any more (it will be picked up as new on the next run)."""
+    def state() -> tuple[int, int]:
+        st = os.stat(f.path)
+        return st.st_size, st.st_mtime_ns
+
+    try:
+        before, digest, after = state(), file_hash(f.path), state()
+    except OSError as exc:
+        raise BadInput(f"{shown(f.path)}: file vanished or became unreadable while being indexed ({exc})") from None
+    if before != after or before != (f.size, f.mtime_ns):
+        raise BadInput(f"{shown(f.path)}: file changed while being indexed; skipped (the next run indexes it)")
+    return {"size": f.size, "mtime_ns": f.mtime_ns, "sha256": digest}
 
 
 def _record(f: FileInfo, extra: dict) -> "ItemRecord":
@@ -260,8 +293,11 @@ def stage_reembed(rows: Sequence[ItemRow], stager: Stager, encoder: Encoder, rep
     report.resumed = len(rows) - len(todo)
     progress = progress or (lambda advance, total: None)
     progress(0, len(todo))
-    captions = [r for r in todo if r.parent_id is not None or r.source is not None]
-    files = [r for r in todo if r.parent_id is None and r.source is None]
+    videos = {r.id for r in todo if r.modality == "video" and r.parent_id is None}
+    videos |= {r.parent_id for r in todo if r.modality == "video" and r.parent_id is not None}
+    todo_ = [r for r in todo if r.modality != "video"]
+    captions = [r for r in todo_ if r.parent_id is not None or r.source is not None]
+    files = [r for r in todo_ if r.parent_id is None and r.source is None]
     ids_of = {r.path: r.id for r in files}
 
     def on_batch(batch: Batch) -> None:
@@ -280,6 +316,11 @@ def stage_reembed(rows: Sequence[ItemRow], stager: Stager, encoder: Encoder, rep
         else:
             on_error(r.path, f"{shown(r.path)}: file is gone")
     embed_files(encoder, present, on_batch, on_error, workers, batch_size)
+    if videos:
+        report.reembedded += stage_videos([r for r in rows if r.id in videos],
+                                          [r for r in rows if r.parent_id in videos and r.modality == "video"],
+                                          stager.stage, encoder, fp)
+        progress(sum(r.modality == "video" for r in todo), len(todo))
     for start in range(0, len(captions), 256):
         chunk = captions[start : start + 256]
         stager.stage([r.id for r in chunk], encoder.encode_text([r.text or "" for r in chunk]), fp)

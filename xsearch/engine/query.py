@@ -12,7 +12,8 @@ import numpy as np
 
 from ..errors import BadInput
 
-MODALITIES = ("image", "text", "audio")
+MODALITIES = ("image", "text", "audio", "video")
+QUERY_KINDS = ("text", "image", "audio")  # what a (fused) query is made of
 TIME_RANGE = (datetime(1678, 1, 1), datetime(2262, 1, 1))  # file times are int64 nanoseconds in the store
 
 
@@ -35,7 +36,7 @@ def parse_weights(spec: str | None, label: str = "weights") -> dict[str, float] 
             weights[name.strip()] = float(value)
         except ValueError:
             sep = ""
-        if not sep or name.strip() not in MODALITIES:
+        if not sep or name.strip() not in QUERY_KINDS:
             raise BadInput(f"{label} '{spec}': expected e.g. text=0.3,image=0.7")
         if not math.isfinite(weights[name.strip()]) or weights[name.strip()] < 0:
             raise BadInput(f"{label} '{spec}': weights must be finite numbers of 0 or more")
@@ -56,8 +57,8 @@ def _strings(values: str | os.PathLike[str] | Iterable | None) -> tuple[str, ...
 class Filters:
     """What a search (or an item listing) may return. Every field is optional; empty means "no restriction".
 
-    ``modalities``: ``image``/``text``/``audio`` (``any`` or empty: all; ``None``: the query's default: a text-only
-    query returns images and audio, other queries any modality). ``under``: path prefixes (made absolute).
+    ``modalities``: ``image``/``text``/``audio``/``video`` (``any`` or empty: all; ``None``: the query's default: a
+    text-only query returns images, audio and videos, other queries any modality). ``under``: path prefixes (made absolute).
     ``tags``: any of these tags. ``since``/``until``: file modification time bounds (naive = local time).
     """
 
@@ -72,7 +73,7 @@ class Filters:
             mods = _strings(self.modalities)
             bad = [m for m in mods if m not in MODALITIES + ("any",)]
             if bad:
-                raise BadInput(f"unknown modality '{bad[0]}' (use image, text, audio or any)")
+                raise BadInput(f"unknown modality '{bad[0]}' (use image, text, audio, video or any)")
             object.__setattr__(self, "modalities", () if "any" in mods else tuple(dict.fromkeys(mods)))
         object.__setattr__(self, "under", tuple(str(Path(p).expanduser().resolve()) for p in _strings(self.under)))
         object.__setattr__(self, "tags", _strings(self.tags))
@@ -113,8 +114,9 @@ class Filters:
 
 @dataclass(frozen=True)
 class Hit:
-    """One search result. ``path`` is the file (for a caption, its image); ``text`` the caption or text snippet;
-    ``id`` the item id (use it with ``Collection.item`` / ``file_of`` / ``similar``)."""
+    """One search result. ``path`` is the file (for a caption, its image; for a video moment, the video); ``text``
+    the caption or text snippet; ``id`` the item id (use it with ``Collection.item`` / ``file_of`` / ``similar``);
+    ``t`` the second of a video moment (None for other items)."""
 
     rank: int
     score: float
@@ -122,11 +124,15 @@ class Hit:
     modality: str
     text: str | None
     id: int
+    t: float | None = None
 
     def to_dict(self, with_id: bool = False) -> dict:
-        """JSON form: ``{rank, score, path, modality, text}`` (the CLI contract), plus ``id`` if asked."""
+        """JSON form: ``{rank, score, path, modality, text}`` (the CLI contract; a video hit adds ``t``), plus
+        ``id`` if asked."""
         out = {"rank": self.rank, "score": round(self.score, 6), "path": self.path, "modality": self.modality,
                "text": self.text}
+        if self.t is not None:
+            out["t"] = self.t
         if with_id:
             out["id"] = self.id
         return out

@@ -89,7 +89,7 @@ def _collection_info(home: Path, name: str) -> tuple[CollectionInfo, str]:
     from ..store import Store
 
     info = CollectionInfo.load(home / name)
-    store = Store(home / name / META_FILE)
+    store = Store(home / name / META_FILE, read_only=True)
     try:
         return info, stored_fingerprint(info, store)
     finally:
@@ -117,7 +117,7 @@ def _embed(s: _Set, home: Path, encoder: Encoder) -> tuple[np.ndarray, list[str]
         from ..store import Store
 
         info = CollectionInfo.load(home / s.collection)
-        store = Store(home / s.collection / META_FILE)
+        store = Store(home / s.collection / META_FILE, read_only=True)
         try:
             rows = store.rows()
             vectors = store.vectors([r.id for r in rows], info.dim)

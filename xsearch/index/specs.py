@@ -138,6 +138,11 @@ def resolve(request: str, n: int, dim: int, memory_bytes: int | None = None) -> 
     return "custom", request
 
 
+def check_request(request: str, dim: int) -> None:
+    """BadInput for an index request (``auto``, a named kind, a factory string) that cannot be built."""
+    resolve(request, 1, dim)
+
+
 def outgrown(spec: IndexSpec, n: int, dim: int, memory_bytes: int | None = None) -> bool:
     """True when the collection has outgrown ``spec``: auto would now pick another kind (auto-built specs),
     an IVF's list count is 4x off the size-appropriate one, or an exact flat index no longer fits the budget."""

@@ -131,6 +131,7 @@ class SearchArgs:
     k: int
     min_score: Optional[float]
     filters: Filters
+    all_moments: bool = False
 
 
 def _when(value: Optional[str], name: str) -> Optional[datetime]:
@@ -147,17 +148,18 @@ def search_args(
     collection: Optional[str] = Query(None, description="Collection name (default: the first served)."),
     k: int = Query(20, ge=1, le=MAX_K, description="Number of hits."),
     min_score: Optional[float] = Query(None, ge=-1, le=1, description="Drop hits scoring below this."),
-    modality: Optional[List[str]] = Query(None, description="image, text, audio or any (repeatable)."),
+    modality: Optional[List[str]] = Query(None, description="image, text, audio, video or any (repeatable)."),
     under: Optional[List[str]] = Query(None, description="Only items under this folder (repeatable)."),
     tag: Optional[List[str]] = Query(None, description="Only items with this tag (repeatable)."),
     since: Optional[str] = Query(None, description="Files modified at or after (ISO date)."),
     until: Optional[str] = Query(None, description="Files modified at or before (ISO date)."),
+    all_moments: bool = Query(False, description="Every matching moment of a video, not only its best."),
 ) -> SearchArgs:
     """The filters every search route takes, as the CLI spells them."""
     mods = [m for part in modality or [] for m in part.split(",") if m] or None
     filters = Filters(modalities=tuple(mods) if mods else None, under=tuple(under or ()), tags=tuple(tag or ()),
                       since=_when(since, "since"), until=_when(until, "until"))
-    return SearchArgs(collection, k, min_score, filters)
+    return SearchArgs(collection, k, min_score, filters, all_moments)
 
 
 class TagRequest(BaseModel):
@@ -254,7 +256,8 @@ def _api(library: Library, thumbs: ThumbCache, settings: Settings) -> APIRouter:
             raise MissingItem(f"item {item_id} is {row.modality}: it has no thumbnail")
         path = _served_file(handle, item_id)
         version = (row.sha256 or str(row.mtime_ns or 0))[:16]
-        data = thumbs.get(handle.name, item_id, version, str(path), size)
+        opener = (lambda: handle.col.moment_frame(item_id)) if row.modality == "video" else None
+        data = thumbs.get(handle.name, item_id, version, str(path), size, opener)
         return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=86400"})
 
     @router.get("/items/{item_id}/file", summary="The original file (images, audio with Range support, texts)",
@@ -311,7 +314,7 @@ def _read(upload: UploadFile) -> bytes:
 
 def _search(handle: Handle, args: SearchArgs, query: dict[str, Any], shown: dict) -> dict:
     start = time.perf_counter()
-    hits = handle.col.search(k=args.k, filters=args.filters, **query)
+    hits = handle.col.search(k=args.k, filters=args.filters, all_moments=args.all_moments, **query)
     return _hits_json(handle, hits, args, shown, start)
 
 
@@ -342,7 +345,7 @@ def _item_json(handle: Handle, item_id: int) -> dict:
             "modality": row.modality, "text": row.text, "size": row.size,
             "mtime": datetime.fromtimestamp(row.mtime_ns / 1e9).isoformat(timespec="seconds") if row.mtime_ns else None,
             "width": row.width, "height": row.height, "duration": row.duration, "sample_rate": row.sample_rate,
-            "parent_id": row.parent_id, "tags": [{"tag": t, "score": round(s, 6)} for t, s in tags],
+            "parent_id": row.parent_id, "t": row.t, "tags": [{"tag": t, "score": round(s, 6)} for t, s in tags],
             "file_url": f"/api/items/{row.id}/file?collection={handle.name}",
             "thumbnail_url": f"/api/items/{row.id}/thumbnail?collection={handle.name}" if has_thumb else None}
 

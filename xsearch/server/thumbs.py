@@ -6,6 +6,7 @@ import io
 import os
 import threading
 from pathlib import Path
+from typing import Any, Callable
 
 from ..errors import BadInput
 
@@ -18,12 +19,13 @@ def nearest_size(size: int) -> int:
     return next((s for s in SIZES if s >= size), SIZES[-1])
 
 
-def render(path: str | os.PathLike[str], size: int) -> bytes:
-    """A JPEG of the image at ``path`` fitting in size x size, EXIF orientation applied."""
+def render(path: str | os.PathLike[str], size: int, opener: Callable[[], Any] | None = None) -> bytes:
+    """A JPEG of the image at ``path`` (or of the PIL image ``opener()`` gives, e.g. a video frame) fitting in
+    size x size, EXIF orientation applied."""
     from PIL import Image, ImageOps
 
     try:
-        with Image.open(path) as img:
+        with (opener() if opener else Image.open(path)) as img:
             img.draft("RGB", (size, size))  # JPEG: decode at a reduced scale, much faster for big photos
             img = ImageOps.exif_transpose(img)
             img.thumbnail((size, size), Image.Resampling.LANCZOS)
@@ -47,8 +49,9 @@ class ThumbCache:
         self._lock = threading.Lock()
         self._total: int | None = None
 
-    def get(self, collection: str, item_id: int, version: str, path: str, size: int) -> bytes:
-        """The cached thumbnail, or a fresh one (stored if the cache folder is writable)."""
+    def get(self, collection: str, item_id: int, version: str, path: str, size: int,
+            opener: Callable[[], Any] | None = None) -> bytes:
+        """The cached thumbnail, or a fresh one (stored if the cache folder is writable); see :func:`render`."""
         size = nearest_size(size)
         target = self.root / collection / f"{item_id}-{size}-{version}.jpg"
         try:
@@ -57,7 +60,7 @@ class ThumbCache:
             return data
         except OSError:
             pass
-        data = render(path, size)
+        data = render(path, size, opener)
         self._store(target, data)
         return data
 

@@ -48,9 +48,11 @@ class Meta(Base):
 
 
 class Item(Base):
-    """One indexed thing: a file (image, text, audio) or a caption linked to its image.
+    """One indexed thing: a file (image, text, audio, video), a caption linked to its image, or a video moment.
 
-    ``key`` is unique: the absolute path for files, ``<image path>#caption:<hash>`` for captions.
+    ``key`` is unique: the absolute path for files, ``<image path>#caption:<hash>`` for captions,
+    ``<video path>#frame@<t>`` / ``#audio@<t>`` for a video's key frames and audio windows (children of the video
+    item, which itself has no vector).
     ``id`` is also the item's FAISS id; ``vector`` keeps the embedding so the index can be rebuilt.
     """
 
@@ -71,7 +73,8 @@ class Item(Base):
     parent_id: Mapped[Optional[int]] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"), index=True)
     created: Mapped[datetime] = mapped_column(default=utcnow)
     updated: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow, index=True)
-    vector: Mapped[bytes] = deferred(mapped_column(LargeBinary))
+    vector: Mapped[bytes] = deferred(mapped_column(LargeBinary))  # b"": not in the FAISS index (a video file)
+    t: Mapped[Optional[float]]  # a video moment: seconds from the start of its video (parent_id)
 
 
 class Tag(Base):

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import sqlite3
+import urllib.parse
 from dataclasses import dataclass, fields
 from datetime import datetime
 from pathlib import Path
@@ -10,10 +12,12 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 from sqlalchemy import create_engine, delete, event, func, or_, select, update
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import DatabaseError
+from sqlalchemy.exc import DatabaseError, OperationalError
+from sqlalchemy.pool import QueuePool
 from sqlalchemy.orm import Session, sessionmaker, undefer
 
-from ..errors import BadInput, SchemaTooNew
+from ..atomic import kill_point
+from ..errors import BadInput, DamagedCollection, SchemaTooNew
 from .models import STORE_SCHEMA_VERSION, Base, Item, Meta, Staged, Tag, utcnow
 
 CHUNK = 900  # stay under SQLite's bound-parameter limit
@@ -36,6 +40,7 @@ class ItemRecord:
     text: str | None = None
     source: str | None = None
     parent_id: int | None = None
+    t: float | None = None
 
 
 @dataclass
@@ -63,7 +68,6 @@ def _chunks(values: Sequence, size: int = CHUNK) -> Iterator[Sequence]:
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA foreign_keys=ON")
-    cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.close()
 
@@ -75,29 +79,96 @@ def _read_only_pragmas(dbapi_conn, _record) -> None:
     cur.close()
 
 
+DAMAGE_MARKS = ("malformed", "not a database", "corrupt", "disk i/o error")
+
+
+def _damage(path: Path, exc: BaseException) -> DamagedCollection | None:
+    """A DamagedCollection naming ``path`` if ``exc`` says the database file is damaged, else None."""
+    text = str(exc).lower()
+    if isinstance(exc, sqlite3.DatabaseError) and any(mark in text for mark in DAMAGE_MARKS):
+        return DamagedCollection(f"{path}: damaged SQLite database ({exc}); run `xsearch verify --repair` on this "
+                                 "collection")
+    return None
+
+
+def wal_header(path: Path) -> bool:
+    """True if the database file says it is in WAL mode (file format bytes 18-19 = 2)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(20)
+    except OSError:
+        return False
+    return len(head) == 20 and head[18] == 2
+
+
+def _uri(path: Path, read_only: bool, create: bool) -> str:
+    """The SQLite URI: read-only (immutable when a WAL-mode file has no -wal/-shm, so no reader ever creates them),
+    read-write without creating, or read-write-create."""
+    base = "file:" + urllib.parse.quote(str(path.absolute()))
+    if read_only:
+        quiet = wal_header(path) and not (Path(f"{path}-wal").exists() and Path(f"{path}-shm").exists())
+        return base + ("?mode=ro&immutable=1" if quiet else "?mode=ro")
+    return base + ("?mode=rwc" if create else "?mode=rw")
+
+
 class Store:
     """Metadata + stored vectors of one collection in a SQLite file. Every write is one transaction.
 
-    ``read_only=True`` opens an existing database for reading only (no table creation, writes refused by SQLite).
+    ``read_only=True`` opens an existing database for reading only: no table creation, no journal, WAL or shared
+    memory file created, writes refused by SQLite. Without ``create`` the file must exist (DamagedCollection if
+    not). Writers switch the file to WAL mode while they hold the collection's writer lock (:meth:`writing`), so
+    readers keep reading during a write, and back to a plain rollback journal afterwards, so a later reader never
+    needs to create anything. A damaged database raises DamagedCollection naming the file, wherever it shows up.
     """
 
-    def __init__(self, path: str | os.PathLike[str], read_only: bool = False):
+    def __init__(self, path: str | os.PathLike[str], read_only: bool = False, create: bool = False):
         self.path = Path(path)
         self.read_only = read_only
-        url = f"sqlite:///file:{self.path}?mode=ro&uri=true" if read_only else f"sqlite:///{self.path}"
-        self.engine: Engine = create_engine(url)
+        if not create and not self.path.is_file():
+            raise DamagedCollection(f"{self.path}: missing (the collection's metadata and stored vectors); restore it "
+                                    "from a backup, or delete the collection folder and index again")
+        uri = _uri(self.path, read_only, create)
+        self.engine: Engine = create_engine(
+            f"sqlite:///{self.path}", poolclass=QueuePool,
+            creator=lambda: sqlite3.connect(uri, uri=True, check_same_thread=False, timeout=10.0))
         event.listen(self.engine, "connect", _read_only_pragmas if read_only else _sqlite_pragmas)
+        event.listen(self.engine, "handle_error", self._on_error)
         self._session = sessionmaker(self.engine, expire_on_commit=False)
+        if not read_only:
+            event.listen(self._session, "after_commit", lambda _s: kill_point("sqlite"))
         try:
-            if not read_only:
+            if create:
                 Base.metadata.create_all(self.engine)
-            self._check_schema()
+            self._check_schema(create)
         except DatabaseError as exc:
-            raise BadInput(f"{self.path}: not a readable SQLite database ({exc.orig})") from None
+            raise _damage(self.path, exc.orig) or BadInput(
+                f"{self.path}: not a readable SQLite database ({exc.orig})") from None
 
-    def _check_schema(self) -> None:
+    def _on_error(self, context) -> None:
+        damaged = _damage(self.path, context.original_exception)
+        if damaged is not None:
+            raise damaged
+
+    def writing(self, active: bool) -> None:
+        """Enter (WAL) or leave (rollback journal) writing mode; called by the holder of the writer lock."""
+        self.engine.dispose()  # idle pooled connections would keep the file in WAL mode
+        with self.engine.connect() as conn:
+            if active:
+                try:
+                    conn.exec_driver_sql("PRAGMA journal_mode=WAL")
+                except OperationalError:
+                    pass  # readers kept it busy: write with the rollback journal (commits then briefly block them)
+                return
+            conn.exec_driver_sql("PRAGMA busy_timeout=200")
+            try:
+                conn.exec_driver_sql("PRAGMA journal_mode=DELETE")
+            except OperationalError:
+                pass  # a reader has the WAL open: the file stays in WAL mode until a later writer finishes
+        self.engine.dispose()
+
+    def _check_schema(self, create: bool) -> None:
         version = self.get_meta("schema_version")
-        if version is None and not self.read_only:
+        if version is None and create:
             self.set_meta("schema_version", str(STORE_SCHEMA_VERSION))
         elif version is None:
             return
@@ -117,8 +188,18 @@ class Store:
             return row.value if row else None
 
     def set_meta(self, key: str, value: str) -> None:
+        self.set_metas({key: value})
+
+    def set_metas(self, values: dict[str, str]) -> None:
+        """Set several meta keys in one transaction."""
         with self.session() as s, s.begin():
-            s.merge(Meta(key=key, value=value))
+            for key, value in values.items():
+                s.merge(Meta(key=key, value=value))
+
+    def metas(self) -> dict[str, str]:
+        """Every meta key and value."""
+        with self.session() as s:
+            return {m.key: m.value for m in s.scalars(select(Meta))}
 
     # ---- writes -------------------------------------------------------------------------------
     def upsert(self, records: Sequence[ItemRecord], vectors: np.ndarray) -> list[int]:
@@ -142,6 +223,31 @@ class Store:
             for part in _chunks(ids):  # a vector staged by an unfinished re-embed is older than this one
                 s.execute(delete(Staged).where(Staged.item_id.in_(part)))
             return ids
+
+    def replace_group(self, parent: ItemRecord, children: Sequence[ItemRecord],
+                      vectors: np.ndarray) -> tuple[int, list[int], list[int]]:
+        """In one transaction: upsert ``parent`` (stored without a vector), drop its old children, insert
+        ``children`` with ``vectors`` under it. Returns (parent id, new child ids, removed ids)."""
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if len(children) != len(vectors):
+            raise BadInput(f"{len(children)} items for {len(vectors)} vectors")
+        with self.session() as s, s.begin():
+            item = self._by_keys(s, [parent.key]).get(parent.key) or Item(key=parent.key)
+            for name in _RECORD_FIELDS:
+                setattr(item, name, getattr(parent, name))
+            item.vector, item.updated = b"", utcnow()
+            s.add(item)
+            s.flush()
+            removed = self._delete(s, s.scalars(select(Item.id).where(Item.parent_id == item.id)).all())
+            s.execute(delete(Staged).where(Staged.item_id == item.id))
+            kids = []
+            for rec, vec in zip(children, vectors):
+                kid = Item(**{name: getattr(rec, name) for name in _RECORD_FIELDS})
+                kid.parent_id, kid.vector = item.id, vec.tobytes()
+                s.add(kid)
+                kids.append(kid)
+            s.flush()
+            return item.id, [k.id for k in kids], removed
 
     def touch(self, ids_mtimes: Iterable[tuple[int, int]]) -> None:
         """Record a new mtime for items whose content did not change."""
@@ -304,15 +410,28 @@ class Store:
             if not got:
                 return
             last = got[-1][0]
+            got = [g for g in got if g[1]]  # a video item has no vector (its moments have)
             yield np.array([g[0] for g in got], dtype=np.int64), _decode([g[1] for g in got], dim)
+
+    def vector_dim(self) -> int:
+        """Dimension of the stored vectors (0 when there are none)."""
+        with self.session() as s:
+            size = s.scalar(select(func.length(Item.vector)).where(func.length(Item.vector) > 0).limit(1))
+            return int(size or 0) // 4
+
+    def staged_count(self) -> int:
+        """Vectors staged by an unfinished re-embed."""
+        with self.session() as s:
+            return int(s.scalar(select(func.count()).select_from(Staged)) or 0)
 
     def counts(self) -> dict[str, int]:
         with self.session() as s:
             return {m: n for m, n in s.execute(select(Item.modality, func.count()).group_by(Item.modality))}
 
     def count(self) -> int:
+        """Items with a vector (what the FAISS index holds: every item but video files)."""
         with self.session() as s:
-            return int(s.scalar(select(func.count()).select_from(Item)) or 0)
+            return int(s.scalar(select(func.count()).select_from(Item).where(func.length(Item.vector) > 0)) or 0)
 
 
 def _under_clause(prefix: str):

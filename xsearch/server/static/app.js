@@ -45,6 +45,7 @@
   const coll = () => `collection=${encodeURIComponent(state.collection)}`;
   const thumbUrl = (id, size = 320) => `/api/items/${id}/thumbnail?size=${size}&${coll()}`;
   const fileUrl = (id) => `/api/items/${id}/file?${coll()}`;
+  const momentUrl = (h) => `${fileUrl(h.id)}#t=${h.t || 0}`; // a video at its best-matching second
   const baseName = (p) => p.split(/[\\/]/).pop();
   const hasImage = (h) => h.modality === "image" || (h.modality === "text" && IMAGE_EXT.test(h.path));
 
@@ -136,7 +137,7 @@
     const node = el("div", { class: "card", role: "option", "aria-selected": "false", "data-index": index,
                              "data-id": hit.id, "data-path": hit.path, title: hit.path });
     let visual;
-    if (hasImage(hit)) {
+    if (hasImage(hit) || hit.modality === "video") { // a video shows its frame at the matching second
       visual = el("img", { class: "thumb", loading: "lazy", alt: baseName(hit.path), src: thumbUrl(hit.id) });
     } else if (hit.modality === "audio") {
       visual = el("div", { class: "thumb audio" }, svg(AUDIO_ICON));
@@ -145,7 +146,8 @@
     }
     node.append(visual);
     if (hit.modality !== "image") { // pictures speak for themselves; label only sounds, texts and captions
-      node.append(el("span", { class: "kind", text: hasImage(hit) ? "caption" : hit.modality }));
+      const kind = hasImage(hit) ? "caption" : hit.modality === "video" ? `video · ${(hit.t || 0).toFixed(1)} s` : hit.modality;
+      node.append(el("span", { class: "kind", text: kind }));
     }
     node.append(el("div", { class: "info" }, el("span", { class: "name", text: baseName(hit.path) }),
                     el("span", { class: "badge", text: hit.score.toFixed(3) })));
@@ -194,6 +196,8 @@
       stage.replaceChildren(el("img", { src: thumbUrl(hit.id, 1280), alt: baseName(hit.path), id: "viewerImage" }));
     } else if (hit.modality === "audio") {
       stage.replaceChildren(el("audio", { controls: "", autoplay: "", src: fileUrl(hit.id) }));
+    } else if (hit.modality === "video") {
+      stage.replaceChildren(el("video", { controls: "", autoplay: "", muted: "", src: momentUrl(hit), id: "viewerVideo" }));
     } else {
       stage.replaceChildren(el("div", { class: "textview", text: hit.text || "" }));
     }
