@@ -155,7 +155,7 @@ def index(
 
 def _print_report(col, report, quiet: bool, as_json: bool) -> None:
     if as_json:
-        out.print_json(json.dumps({"collection": col.name, "items": len(col), **report.to_dict()}))
+        out.print_json(json.dumps({"collection": col.name, "items": len(col), **report.to_dict()}), ensure_ascii=True)
         return
     for _, reason in report.skipped:
         err.print(f"[yellow]skipped:[/yellow] {reason}", highlight=False)
@@ -255,11 +255,14 @@ def _print_hits(hits, as_json: bool) -> None:
 
 
 def _short(path: str) -> str:
+    """``path`` relative to here when below it, printable (bytes that are not UTF-8 shown as \\xNN)."""
+    from .engine import shown
+
     try:
         rel = os.path.relpath(path)
-        return rel if not rel.startswith("..") else path
+        return shown(rel if not rel.startswith("..") else path)
     except ValueError:
-        return path
+        return shown(path)
 
 
 @command()
@@ -338,7 +341,7 @@ def reindex(
             col.rebuild_index(index_spec, target_recall, parse_memory(memory), shards, ray)
         spec, count = col.index_spec, len(col)
     if as_json:
-        out.print_json(json.dumps({**spec.to_dict(), **result}))
+        out.print_json(json.dumps({**spec.to_dict(), **result}), ensure_ascii=True)
         return
     if reembed and not quiet:
         r = result["reembed"]

@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, BinaryIO, Callable
 
 import numpy as np
 
@@ -93,13 +93,14 @@ DECODERS: dict[str, Decoder] = {
 }
 
 
-def open_any(path: str | os.PathLike[str]):
-    """Open an image with the backend its extension needs (Pillow by default); the caller closes it."""
+def open_any(path: str | os.PathLike[str], fh: BinaryIO | None = None):
+    """Open an image with the backend its extension needs (Pillow by default, reading ``fh`` when given); the caller
+    closes it."""
     from PIL import Image
 
     decoder = DECODERS.get(Path(path).suffix.lower())
     if decoder is None:
-        return Image.open(path)
+        return Image.open(fh if fh is not None else path)
     try:
         __import__(decoder.module)
     except ImportError:

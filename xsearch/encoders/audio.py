@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass
+from fractions import Fraction
 from functools import lru_cache
 from pathlib import Path
 from typing import Sequence
@@ -59,13 +60,17 @@ class AudioConfig:
 
 
 # ---- signal processing ---------------------------------------------------------------------------
+MAX_KERNEL = 1 << 20  # polyphase kernel elements (4 MB); rate pairs that would need more use a close ratio
+RATIO_TOLERANCE = 1e-3  # ... within 0.1% of the exact one (a pitch shift of under 2 cents)
+
+
 def resample(wave: np.ndarray, orig_sr: int, new_sr: int, zeros: int = 16) -> np.ndarray:
-    """Band-limited resampling with a Hann-windowed sinc kernel (polyphase, via conv1d)."""
+    """Band-limited resampling with a Hann-windowed sinc kernel (polyphase, via conv1d), memory bounded by
+    ``MAX_KERNEL`` whatever the two rates are."""
     wave = np.asarray(wave, dtype=np.float32)
     if orig_sr == new_sr or wave.size == 0:
         return wave
-    g = math.gcd(int(orig_sr), int(new_sr))
-    up, down = new_sr // g, orig_sr // g
+    up, down = resample_ratio(int(orig_sr), int(new_sr), zeros)
     kernel, width = _sinc_kernel(up, down, zeros)
     x = torch.from_numpy(wave)[None, None]
     x = F.pad(x, (width, width + down))
@@ -73,6 +78,33 @@ def resample(wave: np.ndarray, orig_sr: int, new_sr: int, zeros: int = 16) -> np
     y = y.transpose(1, 2).reshape(-1)
     n_out = int(math.ceil(up * wave.size / down))
     return y[:n_out].numpy().astype(np.float32)
+
+
+def resample_ratio(orig_sr: int, new_sr: int, zeros: int = 16) -> tuple[int, int]:
+    """(up, down): the exact ratio when its kernel fits ``MAX_KERNEL``, else the simplest fraction within
+    ``RATIO_TOLERANCE`` of it (odd rates such as 4001 or 44101 Hz would need kernels of gigabytes)."""
+    g = math.gcd(orig_sr, new_sr)
+    up, down = new_sr // g, orig_sr // g
+    if _kernel_size(up, down, zeros) <= MAX_KERNEL:
+        return up, down
+    exact = Fraction(new_sr, orig_sr)
+    best, limit = (1, max(1, round(orig_sr / new_sr))), 1
+    while limit <= down:
+        approx = exact.limit_denominator(limit)
+        limit *= 2
+        if approx.numerator == 0:
+            continue
+        if _kernel_size(approx.numerator, approx.denominator, zeros) > MAX_KERNEL:
+            break
+        best = approx.numerator, approx.denominator
+        if abs(approx / exact - 1) <= RATIO_TOLERANCE:
+            break
+    return best
+
+
+def _kernel_size(up: int, down: int, zeros: int) -> int:
+    cutoff = min(1.0, up / down) * 0.97
+    return up * (2 * int(math.ceil(zeros / cutoff)) + down + 1)
 
 
 @lru_cache(maxsize=16)

@@ -42,8 +42,9 @@ from typing import Any
 _MODULES = {
     "collection": ("Collection", "list_collections", "TAG_TEMPLATES"),
     "indexer": ("IndexReport", "ReembedReport", "ProgressFn", "read_captions"),
-    "query": ("Filters", "Hit", "MODALITIES", "parse_weights", "parse_near", "default_min_score"),
+    "query": ("Filters", "Hit", "MODALITIES", "parse_weights", "parse_near", "default_min_score", "clamp_time"),
     "dupes": ("DupeGroup", "find_dupes"),
+    "batching": ("shown",),
     "similarity": ("Query", "embed_many", "cosine_matrix", "MatrixResult", "similarity_matrix", "save_matrix"),
     "sharding": ("serve_shards_on_ray",),
     "catalog": ("list_encoders", "describe_encoder", "get_encoder", "parse_memory", "train_encoder"),

@@ -9,7 +9,7 @@ import numpy as np
 
 from ..encoders.base import Encoder
 from ..errors import BadInput
-from ..media import FileInfo, audio_info, load_text, open_image
+from ..media import FileInfo, FileState, decode_audio, load_text, open_image, read_consistent, shown
 
 
 @dataclass
@@ -35,13 +35,24 @@ def default_workers(device: str = "cpu") -> int:
     bottleneck there); on CPU none below 4 cores, then one per 8 cores (at most 4), leaving inference the rest."""
     env = os.environ.get("XSEARCH_WORKERS")
     if env:
-        return int(env)
+        try:
+            return max(0, int(env))
+        except ValueError:
+            raise BadInput(f"XSEARCH_WORKERS={env!r}: not a whole number") from None
     cores = os.cpu_count() or 1
     if not device.startswith("cpu"):
         return min(MAX_WORKERS, cores)
     if cores < MIN_CORES_FOR_WORKERS:
         return 0
     return max(1, min(MAX_WORKERS, cores // CPU_CORES_PER_WORKER))
+
+
+def check_batching(batch_size: int, workers: int | None) -> None:
+    """``BadInput`` for a batch size below 1 or a negative worker count."""
+    if batch_size < 1:
+        raise BadInput(f"batch size must be at least 1 (got {batch_size})")
+    if workers is not None and workers < 0:
+        raise BadInput(f"workers must be 0 or more (got {workers})")
 
 
 def inference_threads(workers: int, current: int, device: str = "cpu") -> int | None:
@@ -61,13 +72,41 @@ class _ImageFiles:
         return len(self.files)
 
     def __getitem__(self, i: int):
+        path = self.files[i].path
         try:
-            image, (w, h) = open_image(self.files[i].path)
-            return i, self.preprocess(image), {"width": w, "height": h}, None
+            (image, (w, h)), state = read_consistent(path, lambda fh: open_image(path, fh=fh))
+            return i, self.preprocess(image), {"width": w, "height": h, **_state(state)}, None
         except BadInput as exc:
             return i, None, None, str(exc)
         except Exception as exc:  # noqa: BLE001 - a decoder bug must not stop the whole run
-            return i, None, None, f"{self.files[i].path}: cannot decode image ({type(exc).__name__}: {exc})"
+            return i, None, None, f"{shown(path)}: cannot decode image ({type(exc).__name__}: {exc})"
+
+
+def _state(state: FileState) -> dict[str, Any]:
+    """The read file's identity, for its record: what was embedded is what is stored as its size/mtime/sha256."""
+    return {"size": state.size, "mtime_ns": state.mtime_ns, "sha256": state.sha256}
+
+
+def emit(encode: Callable[[list], np.ndarray], inputs: list, files: list[FileInfo], extras: list[dict[str, Any]],
+         on_batch: OnBatch, on_error: OnError) -> None:
+    """Embed one batch and hand it on; if the batch fails, embed item by item so that only the bad one is skipped.
+    Rows with NaN/inf are reported, never stored."""
+    try:
+        vectors = np.asarray(encode(inputs), dtype=np.float32)
+    except Exception as exc:  # noqa: BLE001 - one bad input must not stop the run
+        if len(inputs) == 1:
+            on_error(files[0].path, f"{shown(files[0].path)}: cannot embed ({type(exc).__name__}: "
+                                    f"{(str(exc).splitlines() or [''])[0]})")
+            return
+        for one in zip(inputs, files, extras):
+            emit(encode, [one[0]], [one[1]], [one[2]], on_batch, on_error)
+        return
+    finite = np.isfinite(vectors).all(axis=1)
+    for f in (f for f, ok in zip(files, finite) if not ok):
+        on_error(f.path, f"{shown(f.path)}: the encoder produced a non-finite (NaN/inf) vector; not stored")
+    if finite.any():
+        keep = np.flatnonzero(finite)
+        on_batch(Batch([files[i] for i in keep], vectors[keep], [extras[i] for i in keep]))
 
 
 def _collate(items):
@@ -113,8 +152,8 @@ def _embed_loaded(encoder: Encoder, files: Sequence[FileInfo], loader: Any, on_b
             if err is not None:
                 on_error(files[i].path, err)
         if good:
-            vectors = encoder.encode_image_batch(torch.stack([t for _, t, _ in good]))
-            on_batch(Batch([files[i] for i, _, _ in good], vectors, [extra for _, _, extra in good]))
+            emit(lambda ts: encoder.encode_image_batch(torch.stack(ts)), [t for _, t, _ in good],
+                 [files[i] for i, _, _ in good], [extra for _, _, extra in good], on_batch, on_error)
 
 
 def embed_texts(encoder: Encoder, files: Sequence[FileInfo], on_batch: OnBatch, on_error: OnError,
@@ -122,31 +161,33 @@ def embed_texts(encoder: Encoder, files: Sequence[FileInfo], on_batch: OnBatch, 
     """Read text files (one item per file) and embed them."""
     for start in range(0, len(files), batch_size):
         chunk, texts = [], []
+        extras: list[dict[str, Any]] = []
         for f in files[start : start + batch_size]:
             try:
-                texts.append(load_text(f.path))
-                chunk.append(f)
+                text, state = read_consistent(f.path, lambda fh, p=f.path: load_text(p, fh=fh))
             except BadInput as exc:
                 on_error(f.path, str(exc))
+                continue
+            texts.append(text)
+            chunk.append(f)
+            extras.append({"text": text, **_state(state)})
         if chunk:
-            on_batch(Batch(chunk, encoder.encode_text(texts), [{"text": t} for t in texts]))
+            emit(encoder.encode_text, texts, chunk, extras, on_batch, on_error)
 
 
 def embed_audio(encoder: Encoder, files: Sequence[FileInfo], on_batch: OnBatch, on_error: OnError,
                 batch_size: int = 16) -> None:
     """Embed audio files one batch at a time; each file's duration and sample rate go in its extras."""
-    from ..media import load_audio
-
     for start in range(0, len(files), batch_size):
         chunk, clips, extras = [], [], []
         for f in files[start : start + batch_size]:
             try:
-                duration, sr = audio_info(f.path)
-                clips.append(load_audio(f.path))
+                clip, state = read_consistent(f.path, lambda fh, p=f.path: decode_audio(p, fh=fh))
             except BadInput as exc:
                 on_error(f.path, str(exc))
                 continue
             chunk.append(f)
-            extras.append({"duration": duration, "sample_rate": sr})
+            clips.append((clip.wave, clip.sample_rate))
+            extras.append({"duration": clip.duration, "sample_rate": clip.sample_rate, **_state(state)})
         if chunk:
-            on_batch(Batch(chunk, encoder.encode_audio(clips), extras))
+            emit(encoder.encode_audio, clips, chunk, extras, on_batch, on_error)

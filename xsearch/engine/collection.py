@@ -35,6 +35,19 @@ CRC_AT_OPEN = 256 << 20  # FAISS files up to this size are checksummed at every 
 TAG_TEMPLATES = {"image": "a photo of a {}.", "audio": "the sound of {}.", "text": "{}"}  # zero-shot prompt per modality
 
 
+def _prompt(template: str, label: str) -> str:
+    """``template`` with ``label`` in its one ``{}``; ``BadInput`` for a template that is not like "a photo of a {}."."""
+    try:
+        prompt = template.format(label)
+        marker = template.format("\x00")
+    except (IndexError, KeyError, ValueError, AttributeError) as exc:
+        raise BadInput(f"--template {template!r}: expected one {{}} for the label, e.g. 'a photo of a {{}}.' "
+                       f"({type(exc).__name__}: {exc})") from None
+    if "\x00" not in marker:
+        raise BadInput(f"--template {template!r}: has no {{}} where the label goes, e.g. 'a photo of a {{}}.'")
+    return prompt
+
+
 def list_collections(home: str | os.PathLike[str] | None = None) -> list[str]:
     """Names of the collections under ``home`` (folders holding a collection.json)."""
     root = Path(home or default_home())
@@ -427,7 +440,7 @@ class Collection:
         if modality not in TAG_TEMPLATES:
             raise BadInput(f"cannot tag modality '{modality}' (use image, audio or text)")
         template = template or TAG_TEMPLATES[modality]
-        label_vecs = self.encoder.encode_text([template.format(label) for label in labels])
+        label_vecs = self.encoder.encode_text([_prompt(template, label) for label in labels])
         with self._writing():
             rows = self.store.rows(modalities=[modality])
             vecs = self.vectors([r.id for r in rows])
@@ -475,6 +488,8 @@ class Collection:
               weights: dict[str, float] | None = None) -> np.ndarray:
         """One query vector from any mix of text, image and audio (weighted sum of unit vectors, renormalised)."""
         parts: dict[str, np.ndarray] = {}
+        if text is not None and not text.strip():
+            raise BadInput("empty query text")
         if text is not None:
             parts["text"] = self.encoder.encode_text([text])[0]
         if image is not None:
@@ -485,6 +500,9 @@ class Collection:
             raise BadInput("a query needs text, an image or audio")
         weights = weights or {}
         fused = sum(float(weights.get(m, 1.0)) * self._checked(v)[0] for m, v in parts.items())
+        norm = float(np.linalg.norm(fused))
+        if not np.isfinite(norm) or norm < 1e-6:
+            raise BadInput(f"query weights {weights} leave nothing to search with (a zero vector)")
         return l2_normalize(np.atleast_2d(fused))[0]
 
     def search(self, text: str | None = None, image: Query | None = None, audio: Query | None = None,
@@ -511,6 +529,8 @@ class Collection:
                     tags: Sequence[str] | None = None, since: datetime | None = None,
                     until: datetime | None = None, all_moments: bool = False, **photo) -> list[list[Hit]]:
         """Run many text queries in one batch (same filters as :meth:`search`)."""
+        if any(not str(t).strip() for t in texts):
+            raise BadInput("empty query text")
         f = Filters.make(filters, modality=modality, under=under, tags=tags, since=since, until=until, **photo)
         if not texts:
             return []

@@ -17,10 +17,10 @@ import numpy as np
 
 from ..encoders.base import Encoder
 from ..errors import BadInput
-from ..media import AUDIO_EXTS, IMAGE_EXTS, TEXT_EXTS, FileInfo, discover, file_hash
+from ..media import AUDIO_EXTS, IMAGE_EXTS, TEXT_EXTS, FileInfo, discover, file_hash, shown
 from ..media_formats import META_VERSION, photo_fields
 from ..media_video import VIDEO_EXTS
-from .batching import Batch, embed_audio, embed_images, embed_texts
+from .batching import Batch, check_batching, embed_audio, embed_images, embed_texts
 from .video import embed_videos, is_video_batch, stage_videos, write_video
 
 if TYPE_CHECKING:  # pragma: no cover - SQLAlchemy loads with the first write, not with this module
@@ -87,16 +87,17 @@ class _Plan:
     unchanged: int = 0
     gone: list[int] = field(default_factory=list)
     stale_meta: dict[int, str] = field(default_factory=dict)  # id -> path: unchanged photos whose EXIF is unread
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason) found while walking
 
 
 def plan(reader: ItemReader, roots: Sequence[str | os.PathLike[str]]) -> _Plan:
     """Compare the files under ``roots`` with the store: what is new, changed, unchanged or gone."""
-    files = list(discover(roots))
-    if not files and not reader.ids_where(under=[_abs(r) for r in roots]).size:
-        exts = ", ".join(sorted(IMAGE_EXTS | TEXT_EXTS | AUDIO_EXTS | VIDEO_EXTS))
-        raise BadInput(f"{', '.join(map(str, roots))}: no supported files to index (looked for {exts})")
-    stored = reader.by_keys([f.path for f in files])
     out = _Plan()
+    files = list(discover(roots, on_skip=lambda path, reason: out.skipped.append((path, reason))))
+    if not files and not out.skipped and not reader.ids_where(under=[_abs(r) for r in roots]).size:
+        exts = ", ".join(sorted(IMAGE_EXTS | TEXT_EXTS | AUDIO_EXTS | VIDEO_EXTS))
+        raise BadInput(f"{', '.join(shown(r) for r in roots)}: no supported files to index (looked for {exts})")
+    stored = reader.by_keys([f.path for f in files])
     for f in files:
         row = stored.get(f.path)
         if row is None:
@@ -136,8 +137,9 @@ def add_files(reader: ItemReader, writer: ItemWriter, encoder: Encoder, roots: S
               embed: Callable[..., None] | None = None) -> IndexReport:
     """Index new/changed files under ``roots`` and drop stored files that no longer exist there; ``embed``
     (an executor, default :func:`embed_files`) decodes and embeds, calling back here to commit each batch."""
+    check_batching(batch_size, workers)
     p = plan(reader, roots)
-    report = IndexReport(unchanged=p.unchanged)
+    report = IndexReport(unchanged=p.unchanged, skipped=list(p.skipped))
     if p.gone:
         report.removed = len(writer.delete(p.gone))
     if p.touched:
@@ -151,7 +153,13 @@ def add_files(reader: ItemReader, writer: ItemWriter, encoder: Encoder, roots: S
 
     def on_batch(batch: Batch) -> None:
         if is_video_batch(batch):  # one video: its vectors are its moments'
-            write_video(writer, _record(batch.files[0], batch.extras[0]), batch.extras[0]["moments"], batch.vectors)
+            f = batch.files[0]
+            try:
+                record = _record(f, {**batch.extras[0], **_identity_after(f)})
+            except BadInput as exc:
+                on_error(f.path, str(exc))
+                return
+            write_video(writer, record, batch.extras[0]["moments"], batch.vectors)
         else:
             writer.write([_record(f, extra) for f, extra in zip(batch.files, batch.extras)], batch.vectors)
         report.updated += sum(f.path in changed for f in batch.files)
@@ -178,7 +186,7 @@ def embed_files(encoder: Encoder, todo: Sequence[FileInfo], on_batch: Callable[[
     for modality, files in by_mod.items():
         if not encoder.supports(EMBEDS_AS.get(modality, modality)):
             for f in files:
-                on_error(f.path, f"{f.path}: encoder '{encoder.id}' cannot embed {modality}; skipped")
+                on_error(f.path, f"{shown(f.path)}: encoder '{encoder.id}' cannot embed {modality}; skipped")
         elif modality == "image":
             embed_images(encoder, files, on_batch, on_error, batch_size=batch_size, workers=workers)
         elif modality == "text":
@@ -189,12 +197,29 @@ def embed_files(encoder: Encoder, todo: Sequence[FileInfo], on_batch: Callable[[
             embed_audio(encoder, files, on_batch, on_error)
 
 
+def _identity_after(f: FileInfo) -> dict:
+    """Size/mtime/sha256 of a file decoded straight from its path (video), taken after decoding: ``BadInput`` if it
+    is not the file that was discovered any more (it will be picked up as new on the next run)."""
+    def state() -> tuple[int, int]:
+        st = os.stat(f.path)
+        return st.st_size, st.st_mtime_ns
+
+    try:
+        before, digest, after = state(), file_hash(f.path), state()
+    except OSError as exc:
+        raise BadInput(f"{shown(f.path)}: file vanished or became unreadable while being indexed ({exc})") from None
+    if before != after or before != (f.size, f.mtime_ns):
+        raise BadInput(f"{shown(f.path)}: file changed while being indexed; skipped (the next run indexes it)")
+    return {"size": f.size, "mtime_ns": f.mtime_ns, "sha256": digest}
+
+
 def _record(f: FileInfo, extra: dict) -> "ItemRecord":
     from ..store import ItemRecord
 
     photo = photo_fields(f.path) if f.modality == "image" else {}
-    return ItemRecord(key=f.path, path=f.path, modality=f.modality, size=f.size, mtime_ns=f.mtime_ns,
-                      sha256=file_hash(f.path), width=extra.get("width"), height=extra.get("height"),
+    return ItemRecord(key=f.path, path=f.path, modality=f.modality, size=extra.get("size", f.size),
+                      mtime_ns=extra.get("mtime_ns", f.mtime_ns), sha256=extra.get("sha256") or file_hash(f.path),
+                      width=extra.get("width"), height=extra.get("height"),
                       duration=extra.get("duration"), sample_rate=extra.get("sample_rate"),
                       text=(extra.get("text") or "")[:2000] or None, **photo)
 
@@ -274,6 +299,7 @@ def stage_reembed(rows: Sequence[ItemRow], stager: Stager, encoder: Encoder, rep
                   progress: ProgressFn | None = None, workers: int | None = None, batch_size: int = 32) -> None:
     """Re-embed every row not yet staged for ``encoder.fingerprint``: files from disk, captions from their stored
     text. Each batch is staged (committed) as it is done, so an interrupted run resumes where it stopped."""
+    check_batching(batch_size, workers)
     fp = encoder.fingerprint
     done = set(stager.staged_ids(fp).tolist())
     todo = [r for r in rows if r.id not in done]
@@ -301,7 +327,7 @@ def stage_reembed(rows: Sequence[ItemRow], stager: Stager, encoder: Encoder, rep
         if Path(r.path).is_file():
             present.append(FileInfo(r.path, r.modality, r.size or 0, r.mtime_ns or 0))
         else:
-            on_error(r.path, f"{r.path}: file is gone")
+            on_error(r.path, f"{shown(r.path)}: file is gone")
     embed_files(encoder, present, on_batch, on_error, workers, batch_size)
     if videos:
         report.reembedded += stage_videos([r for r in rows if r.id in videos],

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+import math
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable, Protocol, Sequence
 
@@ -46,6 +47,17 @@ def _checked_near(near, label: str = "near") -> tuple[float, float, float]:
     return lat, lon, km
 
 
+TIME_RANGE = (datetime(1678, 1, 1), datetime(2262, 1, 1))  # file times are int64 nanoseconds in the store
+
+
+def clamp_time(when: datetime) -> datetime:
+    """``when`` moved into the range that file times (int64 ns since 1970) can hold; naive or aware alike."""
+    lo, hi = TIME_RANGE
+    if when.tzinfo is not None:
+        lo, hi = lo.replace(tzinfo=timezone.utc), hi.replace(tzinfo=timezone.utc)
+    return min(max(when, lo), hi)
+
+
 def parse_weights(spec: str | None, label: str = "weights") -> dict[str, float] | None:
     """``"text=0.3,image=0.7"`` -> ``{"text": 0.3, "image": 0.7}`` for a fused query (None when empty)."""
     if not spec:
@@ -59,6 +71,10 @@ def parse_weights(spec: str | None, label: str = "weights") -> dict[str, float] 
             sep = ""
         if not sep or name.strip() not in QUERY_KINDS:
             raise BadInput(f"{label} '{spec}': expected e.g. text=0.3,image=0.7")
+        if not math.isfinite(weights[name.strip()]) or weights[name.strip()] < 0:
+            raise BadInput(f"{label} '{spec}': weights must be finite numbers of 0 or more")
+    if not any(weights.values()):
+        raise BadInput(f"{label} '{spec}': all weights are 0; give at least one a positive weight")
     return weights
 
 
@@ -108,6 +124,8 @@ class Filters:
             value = getattr(self, name)
             if value is not None and not isinstance(value, datetime):
                 raise BadInput(f"filter {name}={value!r}: expected a datetime")
+            if value is not None:
+                object.__setattr__(self, name, clamp_time(value))
         object.__setattr__(self, "camera", (self.camera or "").strip() or None)
         if self.near is not None:
             object.__setattr__(self, "near", _checked_near(self.near))

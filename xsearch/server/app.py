@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hmac
+import json
 import mimetypes
 import os
 import threading
@@ -18,7 +19,7 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
-from ..engine import TAG_TEMPLATES, Filters, parse_near, parse_weights
+from ..engine import TAG_TEMPLATES, Filters, clamp_time, parse_near, parse_weights
 from ..errors import BadInput, MissingItem
 from . import funnel
 from .funnel import Forbidden, Unauthorized
@@ -29,10 +30,17 @@ from .uploads import MAX_UPLOAD_BYTES, PayloadTooLarge, staged
 STATIC = Path(__file__).parent / "static"
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
 MAX_K = 500
-TIME_RANGE = (datetime(1678, 1, 1, 0, 0), datetime(2262, 1, 1, 0, 0))
 MAX_SET = 64  # entries per side of a similarity matrix, labels / items of a zero-shot request
 CSP = ("default-src 'self'; img-src 'self' blob: data:; media-src 'self' blob:; style-src 'self'; "
        "script-src 'self'; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'")
+
+
+class AsciiJSON(JSONResponse):
+    """JSON with non-ASCII escaped: a file name that is not valid UTF-8 (kept as surrogates) travels as ``\\udcXX``
+    instead of failing the response."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
 
 
 @dataclass
@@ -65,7 +73,7 @@ def create_app(home: str | os.PathLike[str], collections: list[str] | None = Non
         yield
         library.close()
 
-    app = FastAPI(title="xsearch", version="1", lifespan=lifespan,
+    app = FastAPI(title="xsearch", version="1", lifespan=lifespan, default_response_class=AsciiJSON,
                   description="Cross-modal search over xsearch collections (read-only). Errors are "
                               '`{"error": "..."}` with the status of their kind (400, 401, 403, 404, 409, 413).')
     app.state.library, app.state.settings, app.state.thumbs = library, settings, thumbs
@@ -134,7 +142,7 @@ def _when(value: Optional[str], name: str) -> Optional[datetime]:
         when = datetime.fromisoformat(value)
     except ValueError:
         raise BadInput(f"{name}={value!r}: expected an ISO date such as 2024-05-31") from None
-    return min(max(when, TIME_RANGE[0]), TIME_RANGE[1])  # file times are int64 nanoseconds in the store
+    return clamp_time(when)
 
 
 def search_args(

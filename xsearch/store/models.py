@@ -5,6 +5,7 @@ from datetime import datetime, timezone
 from typing import Optional
 
 from sqlalchemy import ForeignKey, Index, LargeBinary, String, Text
+from sqlalchemy.types import TypeDecorator
 from sqlalchemy.orm import DeclarativeBase, Mapped, deferred, mapped_column
 
 STORE_SCHEMA_VERSION = 2  # 2: video moment time t, photo metadata (taken, camera, lens, GPS); see store/migrate.py
@@ -12,6 +13,26 @@ STORE_SCHEMA_VERSION = 2  # 2: video moment time t, photo metadata (taken, camer
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+# File names that are not valid UTF-8 reach Python as lone surrogates U+DC80..U+DCFF (PEP 383, surrogateescape),
+# which SQLite text cannot hold: they are stored as U+10FF80..U+10FFFF and turned back when read (discovery refuses
+# names that use those code points themselves), so every path round-trips exactly.
+_TO_DB = {0xDC80 + b: 0x10FF80 + b for b in range(128)}
+_FROM_DB = {v: k for k, v in _TO_DB.items()}
+
+
+class PathText(TypeDecorator):
+    """Text holding file paths losslessly, undecodable bytes included (see ``_TO_DB``)."""
+
+    impl = Text
+    cache_ok = True
+
+    def process_bind_param(self, value: Optional[str], dialect) -> Optional[str]:
+        return value.translate(_TO_DB) if isinstance(value, str) else value
+
+    def process_result_value(self, value: Optional[str], dialect) -> Optional[str]:
+        return value.translate(_FROM_DB) if isinstance(value, str) else value
 
 
 class Base(DeclarativeBase):
@@ -38,8 +59,8 @@ class Item(Base):
 
     __tablename__ = "items"
     id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
-    key: Mapped[str] = mapped_column(Text, unique=True)
-    path: Mapped[str] = mapped_column(Text, index=True)
+    key: Mapped[str] = mapped_column(PathText, unique=True)
+    path: Mapped[str] = mapped_column(PathText, index=True)
     modality: Mapped[str] = mapped_column(String(16), index=True)
     size: Mapped[Optional[int]]
     mtime_ns: Mapped[Optional[int]]
@@ -49,7 +70,7 @@ class Item(Base):
     duration: Mapped[Optional[float]]
     sample_rate: Mapped[Optional[int]]
     text: Mapped[Optional[str]] = mapped_column(Text)
-    source: Mapped[Optional[str]] = mapped_column(Text)
+    source: Mapped[Optional[str]] = mapped_column(PathText)
     parent_id: Mapped[Optional[int]] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"), index=True)
     created: Mapped[datetime] = mapped_column(default=utcnow)
     updated: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow, index=True)
