@@ -89,6 +89,18 @@ def test_hostile_folder_indexes_every_good_file_and_names_every_bad_one(tmp_path
         hostile.restore_permissions(folder)
 
 
+def _walk_and_read(folder: Path) -> dict:
+    """Discover and read every file under ``folder``: {path: reason or 'ok'}."""
+    result = {}
+    for f in media.discover([folder], on_skip=lambda p, r: result.__setitem__(p, r)):
+        try:
+            media.read_consistent(f.path, lambda fh: fh.read())
+            result[f.path] = "ok"
+        except BadInput as exc:
+            result[f.path] = str(exc)
+    return result
+
+
 def _discover_as_nobody(folder: Path) -> dict:
     """Walk and read ``folder`` in a child that dropped root (root reads anything): {path: reason or 'ok'}."""
     read, write = os.pipe()
@@ -98,14 +110,7 @@ def _discover_as_nobody(folder: Path) -> dict:
             os.close(read)
             os.setgid(65534)
             os.setuid(65534)
-            result = {}
-            for f in media.discover([folder], on_skip=lambda p, r: result.__setitem__(p, r)):
-                try:
-                    media.read_consistent(f.path, lambda fh: fh.read())
-                    result[f.path] = "ok"
-                except BadInput as exc:
-                    result[f.path] = str(exc)
-            os.write(write, json.dumps(result).encode())
+            os.write(write, json.dumps(_walk_and_read(folder)).encode())
         except BaseException as exc:  # noqa: BLE001 - report anything to the parent
             os.write(write, json.dumps({"error": f"{type(exc).__name__}: {exc}"}).encode())
         finally:
@@ -133,13 +138,7 @@ def test_unreadable_folders_and_files_are_named_not_fatal(tmp_path):
         if os.geteuid() == 0:
             result = _discover_as_nobody(base)
         else:
-            result = {}
-            for f in media.discover([base], on_skip=lambda p, r: result.__setitem__(p, r)):
-                try:
-                    media.read_consistent(f.path, lambda fh: fh.read())
-                    result[f.path] = "ok"
-                except BadInput as exc:
-                    result[f.path] = str(exc)
+            result = _walk_and_read(base)
         assert "error" not in result, result
         assert result[str(base / "ok.png")] == "ok"
         assert "Permission denied" in result[str(base / "noexec" / "a.png")]

@@ -11,25 +11,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import INFO_FILE, VECTORS_FILE
+from ..config import INFO_FILE
 from ..engine import Collection, list_collections, serve_shards_on_ray
+from ..engine.collection import disk_signature
 from ..errors import MissingCollection
 
 RETIRE_AFTER_S = 60.0  # a replaced handle is closed this long after the swap (queries still running on it finish)
 CHECK_EVERY_S = 0.25  # how often a handle stats its files to notice a rewrite
 SETTLE_S = 0.5  # a changed collection is reopened once its files stayed unchanged this long (the writer is done)
-
-
-def _signature(folder: Path) -> tuple:
-    """What changes when a writer finishes: mtime and size of collection.json and vectors.faiss."""
-    out = []
-    for name in (INFO_FILE, VECTORS_FILE):
-        try:
-            st = os.stat(folder / name)
-            out.append((st.st_mtime_ns, st.st_size, st.st_ino))
-        except OSError:
-            out.append(None)
-    return tuple(out)
 
 
 @dataclass
@@ -93,7 +82,7 @@ class Library:
         if handle is not None and now - self._checked.get(name, 0.0) < CHECK_EVERY_S:
             return handle
         self._checked[name] = now
-        sig = _signature(self.home / name)
+        sig = disk_signature(self.home / name)
         if handle is not None and handle.signature == sig:
             return handle
         if handle is not None and not self._settled(name, sig, now):
