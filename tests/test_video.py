@@ -66,6 +66,7 @@ def test_a_video_is_one_item_whose_moments_hold_the_vectors(home, clips):
         assert len(video) == 1 and video[0].modality == "video"
         assert video[0].duration == pytest.approx(10.0, abs=0.1) and (video[0].width, video[0].height) == (320, 240)
         assert len(col) == len(moments)  # FAISS holds the moments only
+        assert col.stats()["counts"]["video"] == 1  # `info` counts the video file, not its moments
         kinds = {r.key.rsplit("#", 1)[1].split("@")[0] for r in moments}
         assert kinds == {"frame", "audio"}
         frames = sorted(r.t for r in moments if "#frame@" in r.key)

@@ -485,8 +485,12 @@ class Store:
             return int(s.scalar(select(func.count()).select_from(Staged)) or 0)
 
     def counts(self) -> dict[str, int]:
+        """Items per modality; a video counts once (its moments, the rows with a time ``t``, are not counted)."""
+        query = select(Item.modality, func.count()).group_by(Item.modality)
+        if "t" not in self.missing:
+            query = query.where(Item.t.is_(None))
         with self.session() as s:
-            return {m: n for m, n in s.execute(select(Item.modality, func.count()).group_by(Item.modality))}
+            return {m: n for m, n in s.execute(query)}
 
     def count(self) -> int:
         """Items with a vector (what the FAISS index holds: every item but video files)."""
