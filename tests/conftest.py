@@ -1,6 +1,7 @@
 """Shared fixtures: real models (the packaged offline xsearch-mini; tiny open_clip/ST models built here), tmp homes."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -55,3 +56,20 @@ def photos(tmp_path: Path) -> Path:
 @pytest.fixture
 def home(tmp_path: Path) -> Path:
     return tmp_path / "home"
+
+
+def run(*args, ok: bool = True):
+    """Run ``xsearch ARGS...`` in-process (typer's CliRunner); unless ``ok`` is False, assert it exited 0."""
+    from typer.testing import CliRunner
+
+    from xsearch.cli import app
+
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    if ok:
+        assert result.exit_code == 0, result.output
+    return result
+
+
+def jsonl(text: str) -> list[dict]:
+    """The JSON objects of a ``--json`` output, one per line (other lines skipped)."""
+    return [json.loads(line) for line in text.splitlines() if line.strip().startswith("{")]

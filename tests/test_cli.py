@@ -8,20 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
-from conftest import DEV_PHOTOS
-from xsearch.cli import app
+from conftest import DEV_PHOTOS, run, jsonl
 
 pytestmark = pytest.mark.needs_data
-runner = CliRunner()
 
-
-def run(*args: str, ok: bool = True):
-    result = runner.invoke(app, [str(a) for a in args])
-    if ok:
-        assert result.exit_code == 0, result.output
-    return result
 
 
 @pytest.fixture
@@ -29,9 +20,6 @@ def indexed(home, photos, mini):
     run("index", photos, "--home", home, "-q")
     return home
 
-
-def jsonl(text: str) -> list[dict]:
-    return [json.loads(line) for line in text.splitlines() if line.strip().startswith("{")]
 
 
 def test_index_then_query_json(indexed):

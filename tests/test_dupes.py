@@ -8,20 +8,11 @@ from pathlib import Path
 
 import pytest
 from PIL import Image, ImageEnhance
-from typer.testing import CliRunner
 
-from conftest import DEV_PHOTOS
-from xsearch.cli import app
+from conftest import DEV_PHOTOS, run
 
 pytestmark = pytest.mark.needs_data
-runner = CliRunner()
 
-
-def run(*args, ok: bool = True):
-    result = runner.invoke(app, [str(a) for a in args])
-    if ok:
-        assert result.exit_code == 0, result.output
-    return result
 
 
 def save_with_date(image, path: Path, taken: str, quality: int = 92) -> None:

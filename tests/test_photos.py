@@ -7,24 +7,12 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from conftest import DEV_PHOTOS
-from xsearch.cli import app
+from conftest import DEV_PHOTOS, run, jsonl
 
-runner = CliRunner()
 V2_COLUMNS = ("t", "taken", "camera_make", "camera_model", "lens", "lat", "lon", "meta_version")
 
 
-def run(*args, ok: bool = True):
-    result = runner.invoke(app, [str(a) for a in args])
-    if ok:
-        assert result.exit_code == 0, result.output
-    return result
-
-
-def jsonl(text: str) -> list[dict]:
-    return [json.loads(line) for line in text.splitlines() if line.strip().startswith("{")]
 
 
 def downgrade_to_v1(db: Path) -> None:

@@ -9,21 +9,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
 pytest.importorskip("av")
 
-from conftest import DEV_PHOTOS  # noqa: E402
+from conftest import DEV_PHOTOS, run, jsonl  # noqa: E402
 from served import picture  # noqa: E402
 from videos import solid, tone, write_clip  # noqa: E402
 from xsearch import Collection  # noqa: E402
-from xsearch.cli import app  # noqa: E402
 from xsearch.media_video import Sampling  # noqa: E402
 
 STEP = Sampling().min_gap  # N: a scene change is sampled at most this late
 CHECKER = picture((0, 0, 0), (255, 255, 255), "checker")
 SCENES = [(solid((200, 40, 40)), 3.0), (CHECKER, 4.0), (picture((250, 140, 40), (120, 20, 60), "gradient"), 3.0)]
-runner = CliRunner()
 
 
 def noise(seconds: float, rate: int = 48_000, seed: int = 1) -> np.ndarray:
@@ -47,15 +44,6 @@ def home(clips, mini, tmp_path_factory) -> Path:
     return home
 
 
-def run(*args, ok: bool = True):
-    result = runner.invoke(app, [str(a) for a in args])
-    if ok:
-        assert result.exit_code == 0, result.output
-    return result
-
-
-def jsonl(text: str) -> list[dict]:
-    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
 
 
 def test_a_video_is_one_item_whose_moments_hold_the_vectors(home, clips):
