@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, BinaryIO, Callable, Sequence
 
 import numpy as np
 
@@ -159,35 +159,36 @@ def _embed_loaded(encoder: Encoder, files: Sequence[FileInfo], loader: Any, on_b
 def embed_texts(encoder: Encoder, files: Sequence[FileInfo], on_batch: OnBatch, on_error: OnError,
                 batch_size: int = 64) -> None:
     """Read text files (one item per file) and embed them."""
-    for start in range(0, len(files), batch_size):
-        chunk, texts = [], []
-        extras: list[dict[str, Any]] = []
-        for f in files[start : start + batch_size]:
-            try:
-                text, state = read_consistent(f.path, lambda fh, p=f.path: load_text(p, fh=fh))
-            except BadInput as exc:
-                on_error(f.path, str(exc))
-                continue
-            texts.append(text)
-            chunk.append(f)
-            extras.append({"text": text, **_state(state)})
-        if chunk:
-            emit(encoder.encode_text, texts, chunk, extras, on_batch, on_error)
+    _embed_read(files, batch_size, lambda p, fh: load_text(p, fh=fh), lambda text: (text, {"text": text}),
+                encoder.encode_text, on_batch, on_error)
 
 
 def embed_audio(encoder: Encoder, files: Sequence[FileInfo], on_batch: OnBatch, on_error: OnError,
                 batch_size: int = 16) -> None:
     """Embed audio files one batch at a time; each file's duration and sample rate go in its extras."""
+    def describe(clip):
+        return (clip.wave, clip.sample_rate), {"duration": clip.duration, "sample_rate": clip.sample_rate}
+
+    _embed_read(files, batch_size, lambda p, fh: decode_audio(p, fh=fh), describe, encoder.encode_audio, on_batch,
+                on_error)
+
+
+def _embed_read(files: Sequence[FileInfo], batch_size: int, decode: Callable[[str, BinaryIO], Any],
+                describe: Callable[[Any], tuple[Any, dict[str, Any]]], encode: Callable[[list], np.ndarray],
+                on_batch: OnBatch, on_error: OnError) -> None:
+    """Decode each file from one consistent read (``decode(path, fh)``), in batches; ``describe`` turns a decoded
+    value into (encoder input, extras); a file that fails goes to ``on_error`` and the batch goes on."""
     for start in range(0, len(files), batch_size):
-        chunk, clips, extras = [], [], []
+        chunk, inputs, extras = [], [], []
         for f in files[start : start + batch_size]:
             try:
-                clip, state = read_consistent(f.path, lambda fh, p=f.path: decode_audio(p, fh=fh))
+                value, state = read_consistent(f.path, lambda fh, p=f.path: decode(p, fh))
             except BadInput as exc:
                 on_error(f.path, str(exc))
                 continue
+            item, extra = describe(value)
             chunk.append(f)
-            clips.append((clip.wave, clip.sample_rate))
-            extras.append({"duration": clip.duration, "sample_rate": clip.sample_rate, **_state(state)})
+            inputs.append(item)
+            extras.append({**extra, **_state(state)})
         if chunk:
-            emit(encoder.encode_audio, clips, chunk, extras, on_batch, on_error)
+            emit(encode, inputs, chunk, extras, on_batch, on_error)
