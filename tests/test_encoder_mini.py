@@ -125,9 +125,9 @@ def test_image_head_ships_small_and_is_used(enc):
     assert np.abs(head_vecs - conse_vecs).max() > 1e-3  # the head changes the vectors
 
 
-def _random_head(seed: int) -> image_head.ImageHead:
+def _random_head(seed: int, attn_heads: int = 0) -> image_head.ImageHead:
     torch.manual_seed(seed)
-    head = image_head.ImageHead(in_dim=12, hidden=6, out_dim=4)
+    head = image_head.ImageHead(in_dim=12, hidden=6, out_dim=4, attn_heads=attn_heads)
     with torch.no_grad():
         for p in head.parameters():
             p.normal_()
@@ -140,6 +140,25 @@ def test_merged_head_gives_the_mean_of_the_heads_residuals():
     x = torch.randn(5, 12)
     assert merged.spec["hidden"] == 12
     torch.testing.assert_close(merged.residual(x), (heads[0].residual(x) + heads[1].residual(x)) / 2)
+
+
+def test_merged_attention_heads_give_the_mean_of_the_heads_residuals(tmp_path):
+    heads = [_random_head(0, attn_heads=2), _random_head(1, attn_heads=1)]
+    merged = image_head.merge(heads)
+    x, fmap = torch.randn(5, 12), torch.randn(5, 9, 12)
+    assert merged.attn_heads == 3
+    torch.testing.assert_close(merged.residual(x, fmap), (heads[0].residual(x, fmap) + heads[1].residual(x, fmap)) / 2)
+    image_head.save(merged, tmp_path, {})
+    loaded, c = image_head.load(tmp_path), torch.nn.functional.normalize(torch.randn(5, 4), dim=-1)
+    assert loaded.attn_heads == 3  # the config says what the head reads
+    torch.testing.assert_close(loaded(x, c, fmap), merged(x, c, fmap), atol=2e-2, rtol=0)
+    with pytest.raises(ValueError, match="fmap"):
+        loaded(x, c)
+
+
+def test_attention_pool_starts_as_the_global_mean():
+    fmap = torch.randn(3, 49, 12)
+    torch.testing.assert_close(image_head.AttnPool(12, 2)(fmap), fmap.mean(dim=1, keepdim=True).expand(3, 2, 12))
 
 
 def test_scale_and_centre_are_saved_and_older_heads_load_without_them(tmp_path):
