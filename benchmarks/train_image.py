@@ -5,7 +5,13 @@ the ConSE vector of the ImageNet logits. Loss: symmetric InfoNCE against the fro
 (xsearch.train.loss.ClipLoss, learnable temperature, batches without repeated items from
 xsearch.train.data.unique_batches) + ``--distill`` x KL(teacher || softmax(out . P^T / tau)) with P the MiniLM
 vectors of "a photo of a {class}." for the 1000 ImageNet classes and the teacher the classifier's own class
-probabilities, so ImageNet label queries and tagging keep working.
+probabilities, so ImageNet label queries and tagging keep working, + ``--col-distill`` x the same KL across the
+batch's photos for each class prompt (softmax over photos of the prompt's scores vs the classifier's probabilities of
+that class, for the classes that are some photo's top-1): the prompt "a photo of a {class}." ranks photos like the
+classifier does, which is what an ImageNet label query needs (the per-photo term alone does not constrain it).
+
+Experiments only: ``--attn-heads`` (with ``--attn-only``) has the MLP read learned attention pools of the 7x7 feature
+map (cached by ``spatial_data.py``) next to or instead of the pooled vector (benchmarks/README.md: not better).
 
 Data: ../shared/data/flickr8k-train (7,091 photos x 5 captions) + ../shared/data/sports100 (800 photos, captions
 phrased from the label with 5 templates); horizontally flipped copies as augmentation.
@@ -163,7 +169,8 @@ def train(f: Frozen, train_idx: np.ndarray, args, log=print, val_idx: np.ndarray
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
-    head = image_head.ImageHead(f.feats[0].shape[1], args.hidden, dropout=args.dropout, attn_heads=args.attn_heads)
+    head = image_head.ImageHead(f.feats[0].shape[1], args.hidden, dropout=args.dropout, attn_heads=args.attn_heads,
+                                pooled_input=not args.attn_only)
     loss_fn = ClipLoss(args.temperature)
     opt = torch.optim.AdamW([{"params": [p for n, p in head.named_parameters() if n != "prior"],
                               "weight_decay": args.weight_decay},
@@ -258,12 +265,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--distill", type=float, default=1.0, help="weight of the ImageNet distillation term")
     ap.add_argument("--distill-tau", type=float, default=0.02)
     ap.add_argument("--teacher-temp", type=float, default=1.0)
-    ap.add_argument("--col-distill", type=float, default=0.0,
+    ap.add_argument("--col-distill", type=float, default=0.15,
                     help="weight of the across-photos term: each class prompt ranks the batch's photos like the classifier")
     ap.add_argument("--col-min-conf", type=float, default=0.0,
                     help="only class prompts some photo in the batch has at least this top probability for")
     ap.add_argument("--attn-heads", type=int, default=0,
                     help="attention-pooling queries over the 7x7 feature map, read next to the pooled vector")
+    ap.add_argument("--attn-only", action="store_true", help="the MLP reads the attention pools, not the pooled vector")
     ap.add_argument("--sweep", default="", help="held-out only: extra 'scale:beta,...' calibrations to report")
     ap.add_argument("--no-flip", action="store_true")
     ap.add_argument("--inputs", default="pooled", help="experiments only: comma-separated frozen views the MLP reads "
@@ -274,7 +282,7 @@ def main(argv: list[str] | None = None) -> None:
                     help="fraction of samples trained against the mean of the photo's captions")
     ap.add_argument("--ensemble", type=int, default=2, help="train this many heads (seeds seed, seed+1, ...) and "
                     "ship one head computing the mean of their residuals")
-    ap.add_argument("--residual-scale", type=float, default=0.7,
+    ap.add_argument("--residual-scale", type=float, default=0.8,
                     help="after training: the residual's weight against ConSE (1 = as trained)")
     ap.add_argument("--centre-beta", type=float, default=0.5,
                     help="after training: subtract this fraction of the mean training output before normalising")
@@ -314,7 +322,7 @@ def main(argv: list[str] | None = None) -> None:
         calibrate(head, f, train_idx, args.residual_scale, args.centre_beta)
     if args.out:
         keep = ("seed", "epochs", "batch_size", "lr", "warmup", "weight_decay", "dropout", "temperature", "distill",
-                "distill_tau", "teacher_temp", "col_distill", "col_min_conf", "attn_heads", "no_flip", "centroid", "class_pairs", "ensemble", "residual_scale", "centre_beta", "inputs", "hidden", "holdout", "split_seed")
+                "distill_tau", "teacher_temp", "col_distill", "col_min_conf", "attn_heads", "attn_only", "no_flip", "centroid", "class_pairs", "ensemble", "residual_scale", "centre_beta", "inputs", "hidden", "holdout", "split_seed")
         extra = {"trained_on": ["flickr8k-train (Flickr8k terms, research use)",
                                 "sports100 (licence not stated, research use)"],
                  "sport_templates": list(SPORT_TEMPLATES), "training": {k: getattr(args, k) for k in keep},
