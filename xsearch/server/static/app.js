@@ -162,8 +162,11 @@
     return node;
   }
 
+  // the score as its badge shows it (3 decimals), so a card reading "0.090" stays at a 0.09 threshold
+  const shownScore = (hit) => Number(hit.score.toFixed(3));
+
   function render() {
-    state.shown = state.threshold > 0 ? state.hits.filter((h) => h.score >= state.threshold) : state.hits.slice();
+    state.shown = state.threshold > 0 ? state.hits.filter((h) => shownScore(h) >= state.threshold) : state.hits.slice();
     $("grid").replaceChildren(...state.shown.map(card));
     $("empty").hidden = state.shown.length > 0 || !!(state.q || state.file || state.similarTo);
   }
