@@ -31,41 +31,14 @@ from audio_eval import read_captions, text_embed  # noqa: E402
 from real_audio import captions_of, coarse_of, mel_cache, read_rows, real_metrics  # noqa: E402
 from train_audio import (NOISE_LABELS, augment, band_limit, coarse_captions, crop, embed, features,  # noqa: E402
                          masked_infonce, mix_in, synthetic_metrics)
-from xsearch.encoders.audio import AudioConfig, AudioTower  # noqa: E402
+from xsearch.encoders.audio import AudioConfig, AudioTower, Lite0Head, lite0_features, mel_image  # noqa: E402
 
 DATA = ROOT / "benchmarks" / "_data"
-TOP_DB = 80.0
-STAGE = 10  # index of the intermediate block whose output is also pooled
-
-
-# ---- the mel image and the frozen backbone -------------------------------------------------------
-def mel_image(mel: torch.Tensor, rows: int) -> torch.Tensor:
-    """(b, n_mels, t) natural-log mels -> (b, 3, rows, t) in [-1, 1]: top 80 dB of each clip, low bands at the bottom."""
-    x = mel.float()
-    if rows != x.shape[1]:
-        x = F.interpolate(x[:, None], size=(rows, x.shape[2]), mode="bilinear", align_corners=False)[:, 0]
-    top = x.amax(dim=(1, 2), keepdim=True)
-    x = ((x - top) / (TOP_DB * math.log(10) / 10)).clamp(-1, 0) * 2 + 1
-    return x.flip(1)[:, None].expand(-1, 3, -1, -1).contiguous(memory_format=torch.channels_last)
-
-
-def pool_map(x: torch.Tensor) -> torch.Tensor:
-    """(b, c, h, w) -> (b, 2c): mean over frequency, then mean and max over time."""
-    x = x.mean(dim=2)
-    return torch.cat([x.mean(dim=-1), x.amax(dim=-1)], dim=1)
 
 
 @torch.inference_mode()
-def lite0_features(model, img: torch.Tensor) -> torch.Tensor:  # noqa: ANN001 - EfficientNet
-    """Frozen Lite0 on mel images -> (b, 2 * 1280 + 2 * 112) pooled features (head map, then block ``STAGE``)."""
-    x = model._swish(model._bn0(model._conv_stem(img)))
-    mid = None
-    for idx, block in enumerate(model._blocks):
-        x = block(x, drop_connect_rate=None)
-        if idx == STAGE:
-            mid = pool_map(x)
-    x = model._swish(model._bn1(model._conv_head(x)))
-    return torch.cat([pool_map(x), mid], dim=1)
+def lite0_pooled(model, img: torch.Tensor) -> torch.Tensor:  # noqa: ANN001 - EfficientNet
+    return lite0_features(model, img)
 
 
 # ---- the clips and their views -------------------------------------------------------------------
@@ -136,7 +109,7 @@ def extract(args: argparse.Namespace) -> None:
     for idxs in by_len.values():  # clean views: whole clips, grouped by length
         for s in range(0, len(idxs), 64):
             chunk = idxs[s : s + 64]
-            feats.append(lite0_features(model, mel_image(torch.stack([mels[i] for i in chunk]), args.rows)).half())
+            feats.append(lite0_pooled(model, mel_image(torch.stack([mels[i] for i in chunk]), args.rows)).half())
             clip_of += chunk
             partner += [-1] * len(chunk)
             weight += [1.0] * len(chunk)
@@ -149,7 +122,7 @@ def extract(args: argparse.Namespace) -> None:
         for s in range(0, len(order), 64):
             chunk = order[s : s + 64]
             x, p, w = augmented_views(chunk, mels, clips, gen, rng)
-            feats.append(lite0_features(model, mel_image(x, args.rows)).half())
+            feats.append(lite0_pooled(model, mel_image(x, args.rows)).half())
             clip_of += chunk
             partner += p
             weight += w
@@ -166,20 +139,6 @@ def save_feats(out: Path, args: argparse.Namespace, feats: list, clip_of: list, 
 
 
 # ---- the head ------------------------------------------------------------------------------------
-class Head(torch.nn.Module):
-    """Standardised features -> MLP -> 384."""
-
-    def __init__(self, d_in: int, hidden: int, dim: int = 384, dropout: float = 0.2):
-        super().__init__()
-        self.register_buffer("mu", torch.zeros(d_in))
-        self.register_buffer("sd", torch.ones(d_in))
-        self.net = torch.nn.Sequential(torch.nn.Dropout(dropout), torch.nn.Linear(d_in, hidden), torch.nn.GELU(),
-                                       torch.nn.Dropout(dropout), torch.nn.Linear(hidden, dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net((x.float() - self.mu) / self.sd)
-
-
 def train_head(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -199,7 +158,7 @@ def train_head(args: argparse.Namespace) -> None:
     col = {c: j for j, c in enumerate(uniq)}
     key_id = {k: j for j, k in enumerate(sorted({c["key"] for c in clips}))}
     keys = torch.tensor([key_id[c["key"]] for c in clips])
-    head = Head(feat.shape[1], args.hidden, dropout=args.dropout)
+    head = Lite0Head(feat.shape[1], args.hidden, 384, dropout=args.dropout)
     x_tr = feat[tr].float()
     head.mu.copy_(x_tr.mean(0))
     head.sd.copy_(x_tr.std(0) + 1e-3)
@@ -241,8 +200,37 @@ def train_head(args: argparse.Namespace) -> None:
             line = evaluate(head, feat, clip_of, view, clips, tower_emb, args, final=epoch + 1 == args.epochs)
             print(f"epoch {epoch + 1}/{args.epochs} loss {np.mean(losses):.3f} T={math.exp(-log_scale.item()):.3f} "
                   f"{time.time() - t0:.0f}s  {line}", flush=True)
-    if args.save:
-        torch.save({"state": head.state_dict(), "args": vars(args)}, args.save)
+    if args.ship:
+        ship(head, args, saved["rows"])
+
+
+def ship(head: Lite0Head, args: argparse.Namespace, rows: int) -> None:
+    """The tower in ``args.ship`` (its TC-ResNet part, unchanged) + this head, fused with weight ``args.ship_alpha``:
+    audio_tower.safetensors (fp16; the head's standardisation and fusion weight fp32) + JSON config into ``args.out``."""
+    import json
+    from dataclasses import replace
+
+    from safetensors.torch import load_file, save_file
+
+    src, out = Path(args.ship), Path(args.out)
+    meta = json.loads((src / "audio_tower.json").read_text())
+    cfg = replace(AudioConfig.from_json(json.dumps(meta)), lite0_rows=rows, lite0_hidden=args.hidden)
+    tower = {k: v for k, v in load_file(str(src / "audio_tower.safetensors")).items() if not k.startswith("lite0_head.")}
+    head.tower_weight.fill_(args.ship_alpha)
+    state = dict(tower) | {f"lite0_head.{k}": v.detach().contiguous() for k, v in head.state_dict().items()}
+    state = {k: v.half() if v.is_floating_point() and k.split(".")[-1] not in ("mu", "sd", "tower_weight") else v
+             for k, v in state.items()}
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(out / "audio_tower.safetensors"))
+    (out / "audio_tower.safetensors").chmod(0o644)
+    meta.pop("held_out", None)  # the tower's own numbers; the fused ones are in benchmarks/README.md
+    meta |= json.loads(cfg.to_json()) | {
+        "lite0_trained_with": "benchmarks/lite0_audio.py " + " ".join(sys.argv[1:]),
+        "lite0_data": f"the same clips (held out: {args.holdout} groups), {args.feats}",
+    }
+    (out / "audio_tower.json").write_text(json.dumps(meta, indent=2))
+    AudioTower.load(out / "audio_tower.safetensors")  # round-trip check
+    print(f"saved {out / 'audio_tower.safetensors'} ({(out / 'audio_tower.safetensors').stat().st_size / 1e6:.1f} MB)")
 
 
 def fusion_base(args: argparse.Namespace, clips: list[dict], mels: list[torch.Tensor]) -> np.ndarray | None:
@@ -257,7 +245,7 @@ def fusion_base(args: argparse.Namespace, clips: list[dict], mels: list[torch.Te
 
 
 @torch.inference_mode()
-def evaluate(head: Head, feat: torch.Tensor, clip_of: torch.Tensor, view: torch.Tensor, clips: list[dict],
+def evaluate(head: Lite0Head, feat: torch.Tensor, clip_of: torch.Tensor, view: torch.Tensor, clips: list[dict],
              tower_emb: np.ndarray | None, args: argparse.Namespace, final: bool) -> str:
     """Validation tagging top-1 per source (and generated labels when cached), head alone and fused."""
     head.eval()
@@ -312,7 +300,9 @@ def main() -> None:
     t.add_argument("--lr", type=float, default=1e-3)
     t.add_argument("--wd", type=float, default=0.05)
     t.add_argument("--eval-every", type=int, default=5)
-    t.add_argument("--save", default="")
+    t.add_argument("--ship", default="", help="folder of the tower to fuse with: save it + this head into --out")
+    t.add_argument("--ship-alpha", type=float, default=0.5, help="the tower's weight in the shipped fusion")
+    t.add_argument("--out", default=str(ROOT / "xsearch" / "encoders" / "weights"))
     args = ap.parse_args()
     extract(args) if args.cmd == "extract" else train_head(args)
 
