@@ -204,6 +204,12 @@ def train_head(args: argparse.Namespace) -> None:
         ship(head, args, saved["rows"])
 
 
+def _without_out(argv: list[str]) -> list[str]:
+    """The command line minus ``--out DIR`` (where the files went is not part of the recipe)."""
+    skip = {i for i, a in enumerate(argv) if a == "--out"}
+    return [a for i, a in enumerate(argv) if i not in skip and i - 1 not in skip and not a.startswith("--out=")]
+
+
 def ship(head: Lite0Head, args: argparse.Namespace, rows: int) -> None:
     """The tower in ``args.ship`` (its TC-ResNet part, unchanged) + this head, fused with weight ``args.ship_alpha``:
     audio_tower.safetensors (fp16; the head's standardisation and fusion weight fp32) + JSON config into ``args.out``."""
@@ -225,7 +231,7 @@ def ship(head: Lite0Head, args: argparse.Namespace, rows: int) -> None:
     (out / "audio_tower.safetensors").chmod(0o644)
     meta.pop("held_out", None)  # the tower's own numbers; the fused ones are in benchmarks/README.md
     meta |= json.loads(cfg.to_json()) | {
-        "lite0_trained_with": "benchmarks/lite0_audio.py " + " ".join(sys.argv[1:]),
+        "lite0_trained_with": "benchmarks/lite0_audio.py " + " ".join(_without_out(sys.argv[1:])),
         "lite0_data": f"the same clips (held out: {args.holdout} groups), {args.feats}",
     }
     (out / "audio_tower.json").write_text(json.dumps(meta, indent=2))
