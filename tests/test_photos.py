@@ -169,6 +169,27 @@ def test_exif_fields_are_stored(tagged):
 
 
 @pytest.mark.needs_data
+def test_ingest_reads_exif_from_the_decoded_file_not_a_second_open(tmp_path, home, mini, monkeypatch):
+    """EXIF of JPEG, HEIC and DNG comes from the one read that hashed and decoded the file."""
+    folder = tmp_path / "once"
+    folder.mkdir()
+    write_jpeg(folder / "cat.jpg", DEV_PHOTOS / "chelsea.jpg", taken="2020:05:01 10:00:00", make="Canon")
+    write_heic(folder / "cat.heic", DEV_PHOTOS / "chelsea.jpg", taken="2022:01:02 03:04:05", make="Apple")
+    write_dng(folder / "cat.dng", DEV_PHOTOS / "chelsea.jpg")
+
+    def second_open(path):
+        raise AssertionError(f"EXIF of {path} read again after decoding")
+
+    monkeypatch.setattr("xsearch.media_formats.read_photo_meta", second_open)
+    run("index", folder, "--home", home, "-q", "--workers", "0")
+    from xsearch import Collection
+
+    with Collection.open(home, read_only=True) as col:
+        makes = {Path(r.path).name: (r.camera_make, r.taken and r.taken.year) for r in col.items()}
+    assert makes == {"cat.jpg": ("Canon", 2020), "cat.heic": ("Apple", 2022), "cat.dng": ("TestMake", None)}
+
+
+@pytest.mark.needs_data
 def test_query_photo_filters(tagged):
     assert set(names(search(tagged, "--camera", "canon"))) == {"cat.jpg", "moto.jpg"}
     assert names(search(tagged, "--camera", "d750")) == ["coffee.jpg"]

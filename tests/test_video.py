@@ -191,6 +191,23 @@ def test_a_cat_finds_the_second_chelsea_appears(mini, tmp_path):
     assert hits[0]["modality"] == "video" and 6.0 - STEP <= hits[0]["t"] <= 6.0 + STEP
 
 
+def test_tag_video_labels_each_video_by_its_best_frame_and_query_tag_finds_its_moments(mini, tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / "v"
+    folder.mkdir()
+    for name, shots in (("cat.mp4", ["rocket.jpg", "chelsea.jpg"]), ("cup.mp4", ["motorcycle.jpg", "coffee.jpg"])):
+        write_clip(folder / name, [(Image.open(DEV_PHOTOS / n), 3.0) for n in shots], size=(320, 240))
+    home = tmp_path / "home"
+    run("index", folder, "--home", home, "-q")
+    out = jsonl(run("tag", "--home", home, "-m", "video", "--labels", "cat,cup of coffee,lighthouse", "-k", "1",
+                    "--json").stdout)
+    assert {Path(o["path"]).name: o["tags"][0]["tag"] for o in out} == {"cat.mp4": "cat", "cup.mp4": "cup of coffee"}
+    hits = jsonl(run("query", "a photo", "--home", home, "-m", "video", "--tag", "cat", "--json").stdout)
+    assert [Path(h["path"]).name for h in hits] == ["cat.mp4"] and hits[0]["t"] is not None
+    assert run("tag", "--home", home, "-m", "films", "--labels", "cat", ok=False).exit_code == 1
+
+
 def test_a_schema_1_collection_gains_video_moments_on_the_next_index(mini, tmp_path, clips):
     """A collection written before videos (schema 1: no ``t`` column) is read as it is, then migrated by a writer."""
     import sqlite3

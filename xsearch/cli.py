@@ -424,7 +424,7 @@ def tag(
     k: int = typer.Option(3, "-k", help="Tags per item."),
     template: Optional[str] = typer.Option(
         None, "--template", help='Prompt per label; default "a photo of a {}." (image), "the sound of {}." (audio).'),
-    modality: str = typer.Option("image", "--modality", "-m", help="Which items to tag: image, audio or text."),
+    modality: str = typer.Option("image", "--modality", "-m", help="Which items to tag: image, audio, text or video (by its key frames)."),
     home: Optional[Path] = HomeOpt,
     collection: str = CollectionOpt,
     wait: bool = WaitOpt,

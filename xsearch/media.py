@@ -12,7 +12,7 @@ from typing import BinaryIO, Callable, Iterable, Iterator, TypeVar
 import numpy as np
 
 from .errors import BadInput
-from .media_formats import DECODERS, open_any, to_rgb, upright_size
+from .media_formats import DECODERS, open_any, photo_meta_of, to_rgb, upright_size
 from .media_video import VIDEO_EXTS
 
 IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", *DECODERS})
@@ -277,6 +277,16 @@ def open_image(path: str | os.PathLike[str], draft: int | None = DRAFT_SIZE, fh:
     ``fh``: decode from this open file instead of opening ``path`` (which then names it in messages and picks the
     decoder by extension).
     """
+    image, size, _ = _decode_image(path, draft, fh, meta=False)
+    return image, size
+
+
+def open_photo(path: str | os.PathLike[str], fh: BinaryIO | None = None, draft: int | None = DRAFT_SIZE):
+    """``open_image`` plus the photo's EXIF fields (capture time, camera, GPS) read from the same open file."""
+    return _decode_image(path, draft, fh, meta=True)
+
+
+def _decode_image(path: str | os.PathLike[str], draft: int | None, fh: BinaryIO | None, meta: bool):
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -284,12 +294,13 @@ def open_image(path: str | os.PathLike[str], draft: int | None = DRAFT_SIZE, fh:
             raise BadInput(f"{shown(path)}: empty file (0 bytes)")
         with open_any(path, fh) as im:
             size = upright_size(im)
+            fields = photo_meta_of(im, path) if meta else None
             if draft and im.format == "JPEG":
                 im.draft("RGB", (draft, draft))
             if im.size[0] * im.size[1] > MAX_PIXELS:
                 raise BadInput(f"{shown(path)}: image too large to decode ({size[0]}x{size[1]} pixels, "
                                f"limit {MAX_PIXELS // 1_000_000} Mpixels)")
-            return to_rgb(im), size
+            return to_rgb(im), size, fields
     except BadInput:
         raise
     except UnidentifiedImageError:

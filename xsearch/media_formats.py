@@ -168,6 +168,15 @@ def read_photo_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
         return {}
 
 
+def photo_meta_of(image, path: str | os.PathLike[str]) -> dict[str, Any]:
+    """``read_photo_meta`` from an image already opened by ``open_any`` (no second read, except a RAW's header)."""
+    try:
+        exif = _tiff_exif(path) if DECODERS.get(Path(path).suffix.lower()) is _RAW else image.getexif()
+        return _photo_meta(exif)
+    except Exception:  # noqa: BLE001 - metadata is optional: any parse failure means "none"
+        return {}
+
+
 def _tiff_exif(path: str | os.PathLike[str], head: int = 1 << 20):
     """The EXIF of a TIFF-based RAW (DNG, CR2, NEF, ARW, ...) from its first MiB (Pillow cannot open the pixels)."""
     from PIL import Image
@@ -180,9 +189,11 @@ def _tiff_exif(path: str | os.PathLike[str], head: int = 1 << 20):
     return exif
 
 
-def photo_fields(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Every stored photo field of ``path`` (None where EXIF has nothing) plus the reader's ``meta_version``."""
-    return {**dict.fromkeys(PHOTO_FIELDS), **read_photo_meta(path), "meta_version": META_VERSION}
+def photo_fields(path: str | os.PathLike[str], meta: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Every stored photo field of ``path`` (None where EXIF has nothing) plus the reader's ``meta_version``;
+    ``meta``: what ``photo_meta_of`` already read (then the file is not opened again)."""
+    found = read_photo_meta(path) if meta is None else meta
+    return {**dict.fromkeys(PHOTO_FIELDS), **found, "meta_version": META_VERSION}
 
 
 def _photo_meta(exif) -> dict[str, Any]:

@@ -9,7 +9,7 @@ import numpy as np
 
 from ..encoders.base import Encoder
 from ..errors import BadInput
-from ..media import FileInfo, FileState, decode_audio, load_text, open_image, read_consistent, shown
+from ..media import FileInfo, FileState, decode_audio, load_text, open_photo, read_consistent, shown
 
 
 @dataclass
@@ -74,8 +74,8 @@ class _ImageFiles:
     def __getitem__(self, i: int):
         path = self.files[i].path
         try:
-            (image, (w, h)), state = read_consistent(path, lambda fh: open_image(path, fh=fh))
-            return i, self.preprocess(image), {"width": w, "height": h, **_state(state)}, None
+            (image, (w, h), exif), state = read_consistent(path, lambda fh: open_photo(path, fh=fh))
+            return i, self.preprocess(image), {"width": w, "height": h, "exif": exif, **_state(state)}, None
         except BadInput as exc:
             return i, None, None, str(exc)
         except Exception as exc:  # noqa: BLE001 - a decoder bug must not stop the whole run

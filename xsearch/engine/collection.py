@@ -23,6 +23,7 @@ from .locking import Say, WriterLock
 from .query import Filters, Hit, ModalityIds, default_min_score, default_modalities, ranked
 from .similarity import Query, cosine_matrix
 from .versioning import FINGERPRINT_KEY, stale_message, stored_fingerprint
+from .video import is_frame_key
 
 if TYPE_CHECKING:  # pragma: no cover - faiss and SQLAlchemy load with the first open, not with this module
     from ..index import IdSet, VectorIndex
@@ -32,7 +33,8 @@ if TYPE_CHECKING:  # pragma: no cover - faiss and SQLAlchemy load with the first
 GENERATION_KEY = "generation"  # meta keys: bumped by every save; the FAISS file's CRC-32, size and mtime at that save
 CRC_KEY, SIZE_KEY, MTIME_KEY = "faiss_crc32", "faiss_size", "faiss_mtime_ns"
 CRC_AT_OPEN = 256 << 20  # FAISS files up to this size are checksummed at every open
-TAG_TEMPLATES = {"image": "a photo of a {}.", "audio": "the sound of {}.", "text": "{}"}  # zero-shot prompt per modality
+# zero-shot prompt per modality (a video is tagged by its key frames, so like a photo)
+TAG_TEMPLATES = {"image": "a photo of a {}.", "audio": "the sound of {}.", "text": "{}", "video": "a photo of a {}."}
 
 
 def _prompt(template: str, label: str) -> str:
@@ -432,23 +434,39 @@ class Collection:
             modality: str = "image") -> dict[str, list[tuple[str, float]]]:
         """Zero-shot tagging: the ``k`` best labels for every ``modality`` item, stored as tags; returns path -> tags.
 
-        ``template`` defaults per modality: "a photo of a {}." (image), "the sound of {}." (audio), "{}" (text).
+        ``template`` defaults per modality: "a photo of a {}." (image, video), "the sound of {}." (audio), "{}"
+        (text). A video is tagged as a whole: a label scores its best key frame.
         """
         self._writable()
         if not labels:
             raise BadInput("zero-shot tagging needs at least one label")
         if modality not in TAG_TEMPLATES:
-            raise BadInput(f"cannot tag modality '{modality}' (use image, audio or text)")
+            raise BadInput(f"cannot tag modality '{modality}' (use image, audio, text or video)")
         template = template or TAG_TEMPLATES[modality]
         label_vecs = self.encoder.encode_text([_prompt(template, label) for label in labels])
         with self._writing():
-            rows = self.store.rows(modalities=[modality])
-            vecs = self.vectors([r.id for r in rows])
-            sims = vecs @ label_vecs.T
+            rows, sims = (self._video_scores if modality == "video" else self._item_scores)(modality, label_vecs)
             top = np.argsort(-sims, axis=1)[:, :k]
             tags = {r.id: [(labels[j], float(sims[i, j])) for j in top[i]] for i, r in enumerate(rows)}
             self.store.set_tags(tags)
         return {r.path: tags[r.id] for r in rows}
+
+    def _item_scores(self, modality: str, label_vecs: np.ndarray) -> tuple[list, np.ndarray]:
+        """Items of ``modality`` with a vector, and their cosine to each label."""
+        rows = self.store.rows(modalities=[modality])
+        return rows, self.vectors([r.id for r in rows]) @ label_vecs.T
+
+    def _video_scores(self, _modality: str, label_vecs: np.ndarray) -> tuple[list, np.ndarray]:
+        """Video items and, per label, the best cosine over their key frames (audio moments left out)."""
+        rows = self.store.rows(modalities=["video"])
+        frames = [r for r in rows if r.parent_id is not None and is_frame_key(r.key)]
+        framed = {f.parent_id for f in frames}
+        videos = [r for r in rows if r.parent_id is None and r.id in framed]
+        sims = self.vectors([f.id for f in frames]) @ label_vecs.T
+        best = {v.id: np.full(len(label_vecs), -np.inf, np.float32) for v in videos}
+        for f, row in zip(frames, sims):
+            np.maximum(best[f.parent_id], row, out=best[f.parent_id])
+        return videos, np.stack([best[v.id] for v in videos]) if videos else np.zeros((0, len(label_vecs)))
 
     def _mark_dirty(self) -> None:
         if not self._dirty:

@@ -216,7 +216,7 @@ def _identity_after(f: FileInfo) -> dict:
 def _record(f: FileInfo, extra: dict) -> "ItemRecord":
     from ..store import ItemRecord
 
-    photo = photo_fields(f.path) if f.modality == "image" else {}
+    photo = photo_fields(f.path, extra.get("exif")) if f.modality == "image" else {}
     return ItemRecord(key=f.path, path=f.path, modality=f.modality, size=extra.get("size", f.size),
                       mtime_ns=extra.get("mtime_ns", f.mtime_ns), sha256=extra.get("sha256") or file_hash(f.path),
                       width=extra.get("width"), height=extra.get("height"),

@@ -110,6 +110,11 @@ def moment_key(path: str, kind: str, t: float) -> str:
     return f"{path}#{kind}@{t:.3f}"
 
 
+def is_frame_key(key: str) -> bool:
+    """Whether a moment's key (``moment_key``) names a key frame (not an audio window)."""
+    return key.rpartition("#")[2].startswith("frame@")
+
+
 class GroupWriter(Protocol):
     def write_group(self, parent: "ItemRecord", children: Sequence["ItemRecord"], vectors: np.ndarray) -> list[int]: ...
 

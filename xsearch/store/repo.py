@@ -424,8 +424,9 @@ class Store:
             stmt = stmt.where(Item.mtime_ns >= _ns(since))
         if until is not None:
             stmt = stmt.where(Item.mtime_ns <= _ns(until))
-        if tags:
-            stmt = stmt.where(Item.id.in_(select(Tag.item_id).where(Tag.tag.in_(list(tags)))))
+        if tags:  # a video's tags hold for its moments too
+            tagged = select(Tag.item_id).where(Tag.tag.in_(list(tags)))
+            stmt = stmt.where(or_(Item.id.in_(tagged), Item.parent_id.in_(tagged)))
         if source is not None:
             stmt = stmt.where(Item.source == source)
         photo = taken_after or taken_before or camera or near
