@@ -334,6 +334,13 @@ class AudioTower:
         w = head.tower_weight.float()
         return F.normalize(w * vec + (1 - w) * side, dim=-1)
 
+    def __getstate__(self) -> dict:
+        """Pickle without the lock and the (re-loadable) Lite0 backbone."""
+        return {k: v for k, v in self.__dict__.items() if k not in ("_lock", "_lite0")}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, _lite0=None, _lock=threading.Lock())
+
     def lite0(self) -> nn.Module:
         """The frozen EfficientNet-Lite0 of xsearch-mini's image path (its pip package), loaded once."""
         with self._lock:
