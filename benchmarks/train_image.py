@@ -5,7 +5,13 @@ the ConSE vector of the ImageNet logits. Loss: symmetric InfoNCE against the fro
 (xsearch.train.loss.ClipLoss, learnable temperature, batches without repeated items from
 xsearch.train.data.unique_batches) + ``--distill`` x KL(teacher || softmax(out . P^T / tau)) with P the MiniLM
 vectors of "a photo of a {class}." for the 1000 ImageNet classes and the teacher the classifier's own class
-probabilities, so ImageNet label queries and tagging keep working.
+probabilities, so ImageNet label queries and tagging keep working, + ``--col-distill`` x the same KL across the
+batch's photos for each class prompt (softmax over photos of the prompt's scores vs the classifier's probabilities of
+that class, for the classes that are some photo's top-1): the prompt "a photo of a {class}." ranks photos like the
+classifier does, which is what an ImageNet label query needs (the per-photo term alone does not constrain it).
+
+Experiments only: ``--attn-heads`` (with ``--attn-only``) has the MLP read learned attention pools of the 7x7 feature
+map (cached by ``spatial_data.py``) next to or instead of the pooled vector (benchmarks/README.md: not better).
 
 Data: ../shared/data/flickr8k-train (7,091 photos x 5 captions) + ../shared/data/sports100 (800 photos, captions
 phrased from the label with 5 templates); horizontally flipped copies as augmentation.
@@ -33,6 +39,7 @@ import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
+from spatial_data import spatial_maps  # noqa: E402
 from image_data import SPORT_TEMPLATES, image_features, load_pairs, sport_name, split_images, text_features  # noqa: E402
 
 from xsearch.encoders import image_head  # noqa: E402
@@ -48,18 +55,20 @@ TAG_PROMPT = "a photo of a {}."
 class Frozen:
     """Everything the head trains on, as float32 tensors: per-image views (original, flipped) and text vectors."""
 
-    def __init__(self, data: Path, flip: bool, inputs: tuple[str, ...], log=print):
+    def __init__(self, data: Path, flip: bool, inputs: tuple[str, ...], log=print, spatial: bool = False):
         enc = XsearchMini(device="cpu")
         self.p = load_pairs(data)
         views = [False, True] if flip else [False]
         classes, mean = enc._classes()
-        self.feats, self.conse, self.teacher_logits = [], [], []
+        self.feats, self.conse, self.teacher_logits, self.maps = [], [], [], []
         for v in views:
             raw = image_features(enc, data, self.p.files, flip=v, log=log)
             lg = torch.from_numpy(raw["logits"])
             self.teacher_logits.append(lg)
             self.feats.append(torch.from_numpy(np.concatenate([raw[k].astype(np.float32) for k in inputs], axis=1)))
             self.conse.append(F.normalize(conse(lg, classes, mean, enc.config), dim=-1))
+            if spatial:  # (n, 49, 1280) float16 last feature maps, for attention pooling
+                self.maps.append(torch.from_numpy(np.ascontiguousarray(spatial_maps(enc, data, self.p.files, v, log=log))))
         self.text = torch.from_numpy(text_features(enc, self.p.texts, log=log))
         caps: dict[int, list[int]] = {}
         for a, b in self.p.pairs:
@@ -76,10 +85,25 @@ class Frozen:
         self.sport_prompts = torch.from_numpy(text_features(enc, [f"a photo of {sport_name(s)}." for s in sports]))
 
 
-def embed(head, f: Frozen, idx: np.ndarray, view: int = 0) -> torch.Tensor:
+def fmap(f: Frozen, idx, view: torch.Tensor | int = 0) -> torch.Tensor | None:
+    """float32 feature maps of images ``idx`` (per-image ``view``), or None without spatial inputs."""
+    if not f.maps:
+        return None
+    if isinstance(view, int):
+        return f.maps[view][idx].float()
+    return torch.where(view[:, None, None] == 1, f.maps[-1][idx], f.maps[0][idx]).float()
+
+
+def embed(head, f: Frozen, idx: np.ndarray, view: int = 0, unnormalised: bool = False) -> torch.Tensor:
+    """The head's output for images ``idx`` (in chunks: feature maps are large)."""
     head.eval()
+    out = []
     with torch.no_grad():
-        return head(f.feats[view][idx], f.conse[view][idx])
+        for s in range(0, len(idx), 512):
+            i = idx[s : s + 512]
+            fn = head.unnormalised if unnormalised else head
+            out.append(fn(f.feats[view][i], f.conse[view][i], fmap(f, i, view)))
+    return torch.cat(out)
 
 
 def evaluate(vec: torch.Tensor, f: Frozen, idx: np.ndarray) -> dict[str, float]:
@@ -133,11 +157,20 @@ def evaluate(vec: torch.Tensor, f: Frozen, idx: np.ndarray) -> dict[str, float]:
     return out
 
 
+SUMMARY = ("flickr t2i R@1 (200-photo subsets)", "flickr i2t R@1", "sports tag top-1", "imagenet proxy label R@1, all photos")
+
+
+def summary(m: dict[str, float]) -> str:
+    """t2i R@1 (200-photo subsets) / i2t R@1 / sports tag top-1 / all-photos proxy R@1."""
+    return " / ".join(f"{m[k]:.3f}" for k in SUMMARY)
+
+
 def train(f: Frozen, train_idx: np.ndarray, args, log=print, val_idx: np.ndarray | None = None) -> image_head.ImageHead:
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
-    head = image_head.ImageHead(f.feats[0].shape[1], args.hidden, dropout=args.dropout)
+    head = image_head.ImageHead(f.feats[0].shape[1], args.hidden, dropout=args.dropout, attn_heads=args.attn_heads,
+                                pooled_input=not args.attn_only)
     loss_fn = ClipLoss(args.temperature)
     opt = torch.optim.AdamW([{"params": [p for n, p in head.named_parameters() if n != "prior"],
                               "weight_decay": args.weight_decay},
@@ -165,7 +198,7 @@ def train(f: Frozen, train_idx: np.ndarray, args, log=print, val_idx: np.ndarray
             ti = torch.as_tensor(img)
             x = torch.where(view[:, None] == 1, f.feats[-1][ti], f.feats[0][ti])
             c = torch.where(view[:, None] == 1, f.conse[-1][ti], f.conse[0][ti])
-            y = head(x, c)
+            y = head(x, c, fmap(f, ti, view))
             t = f.text_all[torch.as_tensor(txt)]
             if args.centroid > 0:
                 use = (torch.rand(len(img), generator=gen) < args.centroid) & torch.as_tensor(txt < len(f.p.texts))
@@ -176,6 +209,14 @@ def train(f: Frozen, train_idx: np.ndarray, args, log=print, val_idx: np.ndarray
                 teacher = torch.softmax(logits / args.teacher_temp, dim=1)
                 student = torch.log_softmax(y @ f.prompts.T / args.distill_tau, dim=1)
                 loss = loss + args.distill * F.kl_div(student, teacher, reduction="batchmean")
+            if args.col_distill > 0:  # per class prompt, rank the batch's photos like the classifier does
+                logits = torch.where(view[:, None] == 1, f.teacher_logits[-1][ti], f.teacher_logits[0][ti])
+                lp = torch.log_softmax(logits / args.teacher_temp, dim=1)
+                top, arg = lp.max(dim=1)
+                cls = torch.unique(arg[top >= np.log(args.col_min_conf)]) if args.col_min_conf > 0 else torch.unique(arg)
+                tcol = torch.softmax(lp[:, cls], dim=0)
+                scol = torch.log_softmax(y @ f.prompts[cls].T / args.distill_tau, dim=0)
+                loss = loss + args.col_distill * F.kl_div(scol, tcol, reduction="sum") / max(len(cls), 1)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -194,7 +235,7 @@ def calibrate(head: image_head.ImageHead, f: Frozen, train_idx: np.ndarray, scal
     head.eval()
     head.calibrate(scale, torch.zeros_like(head.centre))
     with torch.no_grad():
-        mean = head.unnormalised(f.feats[0][train_idx], f.conse[0][train_idx]).mean(dim=0)
+        mean = embed(head, f, train_idx, unnormalised=True).mean(dim=0)
     head.calibrate(scale, (beta * mean).half().float())
 
 
@@ -224,6 +265,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--distill", type=float, default=1.0, help="weight of the ImageNet distillation term")
     ap.add_argument("--distill-tau", type=float, default=0.02)
     ap.add_argument("--teacher-temp", type=float, default=1.0)
+    ap.add_argument("--col-distill", type=float, default=0.15,
+                    help="weight of the across-photos term: each class prompt ranks the batch's photos like the classifier")
+    ap.add_argument("--col-min-conf", type=float, default=0.0,
+                    help="only class prompts some photo in the batch has at least this top probability for")
+    ap.add_argument("--attn-heads", type=int, default=0,
+                    help="attention-pooling queries over the 7x7 feature map, read next to the pooled vector")
+    ap.add_argument("--attn-only", action="store_true", help="the MLP reads the attention pools, not the pooled vector")
+    ap.add_argument("--sweep", default="", help="held-out only: extra 'scale:beta,...' calibrations to report")
     ap.add_argument("--no-flip", action="store_true")
     ap.add_argument("--inputs", default="pooled", help="experiments only: comma-separated frozen views the MLP reads "
                     "(pooled, max, grid, block10, block14, block15)")
@@ -233,7 +282,7 @@ def main(argv: list[str] | None = None) -> None:
                     help="fraction of samples trained against the mean of the photo's captions")
     ap.add_argument("--ensemble", type=int, default=2, help="train this many heads (seeds seed, seed+1, ...) and "
                     "ship one head computing the mean of their residuals")
-    ap.add_argument("--residual-scale", type=float, default=0.7,
+    ap.add_argument("--residual-scale", type=float, default=0.8,
                     help="after training: the residual's weight against ConSE (1 = as trained)")
     ap.add_argument("--centre-beta", type=float, default=0.5,
                     help="after training: subtract this fraction of the mean training output before normalising")
@@ -247,7 +296,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.use_deterministic_algorithms(True)
     t0 = time.perf_counter()
     log = lambda s: print(s, flush=True)  # noqa: E731
-    f = Frozen(args.data, not args.no_flip, args.inputs, log=log)
+    f = Frozen(args.data, not args.no_flip, args.inputs, log=log, spatial=args.attn_heads > 0)
     all_idx = np.arange(len(f.p.files))
     val_mask = split_images(f.p, args.split_seed)
     train_idx = all_idx[~val_mask] if args.holdout else all_idx
@@ -266,9 +315,14 @@ def main(argv: list[str] | None = None) -> None:
         for k in base:
             fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else str(v)  # noqa: E731
             print(f"| {k} | {fmt(base[k])} | {fmt(new[k])} |")
+        for sb in [x for x in args.sweep.split(",") if x]:
+            sc, be = (float(x) for x in sb.split(":"))
+            calibrate(head, f, train_idx, sc, be)
+            log(f"calibration s {sc} beta {be}: {summary(evaluate(embed(head, f, val_idx), f, val_idx))}")
+        calibrate(head, f, train_idx, args.residual_scale, args.centre_beta)
     if args.out:
         keep = ("seed", "epochs", "batch_size", "lr", "warmup", "weight_decay", "dropout", "temperature", "distill",
-                "distill_tau", "teacher_temp", "no_flip", "centroid", "class_pairs", "ensemble", "residual_scale", "centre_beta", "inputs", "hidden", "holdout", "split_seed")
+                "distill_tau", "teacher_temp", "col_distill", "col_min_conf", "attn_heads", "attn_only", "no_flip", "centroid", "class_pairs", "ensemble", "residual_scale", "centre_beta", "inputs", "hidden", "holdout", "split_seed")
         extra = {"trained_on": ["flickr8k-train (Flickr8k terms, research use)",
                                 "sports100 (licence not stated, research use)"],
                  "sport_templates": list(SPORT_TEMPLATES), "training": {k: getattr(args, k) for k in keep},

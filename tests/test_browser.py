@@ -170,7 +170,8 @@ def test_threshold_slider_hides_low_scores(site, browser, shots):
     threshold = float(browser.find_element(By.ID, "thresholdValue").text)
     shown = [float(c.find_element(By.CSS_SELECTOR, ".badge").text) for c in cards(browser)]
     assert 0 < len(shown) < before and min(shown) >= threshold - 0.0005
-    assert len(shown) == sum(s >= threshold - 0.0005 for s in scores)
+    # badges are rounded to 3 decimals: a badge within 0.0005 of the threshold may be either side of it
+    assert sum(s > threshold + 0.0005 for s in scores) <= len(shown) <= sum(s >= threshold - 0.0005 for s in scores)
     assert "below min score" in browser.find_element(By.ID, "status").text
     browser.save_screenshot(str(shots / "threshold.png"))
     slider.send_keys(Keys.HOME)

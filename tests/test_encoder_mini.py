@@ -125,9 +125,9 @@ def test_image_head_ships_small_and_is_used(enc):
     assert np.abs(head_vecs - conse_vecs).max() > 1e-3  # the head changes the vectors
 
 
-def _random_head(seed: int) -> image_head.ImageHead:
+def _random_head(seed: int, attn_heads: int = 0, pooled_input: bool = True) -> image_head.ImageHead:
     torch.manual_seed(seed)
-    head = image_head.ImageHead(in_dim=12, hidden=6, out_dim=4)
+    head = image_head.ImageHead(in_dim=12, hidden=6, out_dim=4, attn_heads=attn_heads, pooled_input=pooled_input)
     with torch.no_grad():
         for p in head.parameters():
             p.normal_()
@@ -140,6 +140,45 @@ def test_merged_head_gives_the_mean_of_the_heads_residuals():
     x = torch.randn(5, 12)
     assert merged.spec["hidden"] == 12
     torch.testing.assert_close(merged.residual(x), (heads[0].residual(x) + heads[1].residual(x)) / 2)
+
+
+@pytest.mark.parametrize("pooled_input", [True, False])
+def test_merged_attention_heads_give_the_mean_of_the_heads_residuals(tmp_path, pooled_input):
+    heads = [_random_head(0, attn_heads=2, pooled_input=pooled_input), _random_head(1, 1, pooled_input)]
+    merged = image_head.merge(heads)
+    x, fmap = torch.randn(5, 12), torch.randn(5, 9, 12)
+    assert merged.attn_heads == 3 and merged.pooled_input == pooled_input
+    torch.testing.assert_close(merged.residual(x, fmap), (heads[0].residual(x, fmap) + heads[1].residual(x, fmap)) / 2)
+    image_head.save(merged, tmp_path, {})
+    loaded, c = image_head.load(tmp_path), torch.nn.functional.normalize(torch.randn(5, 4), dim=-1)
+    assert loaded.attn_heads == 3 and loaded.pooled_input == pooled_input  # the config says what the head reads
+    torch.testing.assert_close(loaded(x, c, fmap), merged(x, c, fmap), atol=2e-2, rtol=0)
+    with pytest.raises(ValueError, match="fmap"):
+        loaded(x, c)
+
+
+def test_an_attention_head_gets_the_feature_map_of_the_same_backbone_pass(enc):
+    other = XsearchMini()
+    torch.manual_seed(0)
+    head = image_head.ImageHead(hidden=8, attn_heads=2).eval()
+    with torch.no_grad():
+        for p in (head.pool.query.weight, head.fc2.weight):
+            p.normal_()
+    other._head = head
+    batch = torch.stack([enc.preprocess_image(_grey()), enc.preprocess_image(_grey((80, 200)))])
+    logits, pooled, fmap = other._backbone(batch, keep_map=True)
+    assert fmap.shape == (2, 49, 1280)
+    torch.testing.assert_close(fmap.mean(dim=1), pooled)
+    classes, mean = other._classes()
+    c = torch.nn.functional.normalize(mini.conse(logits, classes, mean, other.config), dim=-1)
+    with torch.inference_mode():
+        expect = head(pooled, c, fmap).numpy()
+    np.testing.assert_allclose(other.encode_image_batch(batch), expect, atol=1e-5)
+
+
+def test_attention_pool_starts_as_the_global_mean():
+    fmap = torch.randn(3, 49, 12)
+    torch.testing.assert_close(image_head.AttnPool(12, 2)(fmap), fmap.mean(dim=1, keepdim=True).expand(3, 2, 12))
 
 
 def test_scale_and_centre_are_saved_and_older_heads_load_without_them(tmp_path):

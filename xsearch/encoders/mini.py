@@ -234,34 +234,38 @@ class XsearchMini(Encoder):
         logits, _ = self._backbone(batch)
         return torch.softmax(logits / temperature, dim=1)
 
-    def _backbone(self, batch: "torch.Tensor") -> tuple["torch.Tensor", "torch.Tensor"]:
-        """ImageNet logits (n, 1000) and pooled features (n, 1280), float32 on the device."""
+    def _backbone(self, batch: "torch.Tensor", keep_map: bool = False) -> tuple["torch.Tensor", ...]:
+        """ImageNet logits (n, 1000) and pooled features (n, 1280), float32 on the device; with ``keep_map`` also the
+        last feature map as (n, positions, 1280) (what an attention-pooling head reads)."""
         import torch
 
         if batch.ndim != 4 or batch.shape[1] != 3:
             raise BadInput(f"image batch must be (n, 3, H, W), got {tuple(batch.shape)}")
         if batch.shape[0] == 0:
-            return torch.zeros((0, 1000)), torch.zeros((0, 1280))
+            empty = (torch.zeros((0, 1000)), torch.zeros((0, 1280)))
+            return (*empty, torch.zeros((0, 49, 1280))) if keep_map else empty
         model = self._image()
         with torch.inference_mode():
             x = batch.to(self.device, dtype=torch.float32, memory_format=torch.channels_last)  # as the model is laid out
-            pooled = model.extract_features(x).mean(dim=(2, 3))
-            return model._fc(pooled).float(), pooled.float()  # eval mode: the classifier's dropout is a no-op
+            fmap = model.extract_features(x)
+            pooled = fmap.mean(dim=(2, 3))
+            out = (model._fc(pooled).float(), pooled.float())  # eval mode: the classifier's dropout is a no-op
+            return (*out, fmap.float().flatten(2).transpose(1, 2)) if keep_map else out
 
     def _embed(self, batch: "torch.Tensor") -> tuple[np.ndarray, "torch.Tensor"]:
-        """One backbone pass -> (image vectors, pooled features): the trained head on (pooled, ConSE) when it is
-        used, else plain ConSE."""
+        """One backbone pass -> (image vectors, pooled features): the trained head on (pooled [+ feature map], ConSE)
+        when it is used, else plain ConSE."""
         import torch
 
-        logits, pooled = self._backbone(batch)
+        head = self._image_head()
+        logits, pooled, *fmap = self._backbone(batch, keep_map=head is not None and head.attn_heads > 0)
         if logits.shape[0] == 0:
             return np.zeros((0, self.dim), np.float32), pooled
         classes, mean = self._classes()
-        head = self._image_head()
         with torch.inference_mode():
             vec = conse(logits, classes, mean if self.config.centre else None, self.config)
             if head is not None:
-                vec = head(pooled, torch.nn.functional.normalize(vec, dim=-1))
+                vec = head(pooled, torch.nn.functional.normalize(vec, dim=-1), *fmap)
         return l2_normalize(vec.float().cpu().numpy()), pooled
 
     @property
