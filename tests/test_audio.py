@@ -1,6 +1,7 @@
 """Audio tower: log-mel, resampling, windowing, shipped weights, decoding errors, a retrieval floor."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -146,6 +147,35 @@ def test_fresh_net_output_shape() -> None:
     out = net(torch.randn(2, 64, 123))
     assert out.shape == (2, 384)
     assert 0.5e6 < sum(p.numel() for p in net.parameters()) < 3e6
+
+
+def test_lite0_branch_fuses_tower_and_head_vectors() -> None:
+    import torch.nn.functional as F
+
+    from xsearch.encoders.audio import lite0_features, mel_image
+
+    torch.manual_seed(0)
+    net = AudioNet(AudioConfig(lite0_rows=32, lite0_hidden=16)).eval()
+    net.lite0_head.tower_weight.fill_(0.3)
+    fused = AudioTower(net)
+    wave = np.concatenate([tone(440, 2.0), white_noise(2.0)])
+    got = fused.encode([(wave, SR)])[0]
+    mel = log_mel(torch.from_numpy(fused.windows(wave, SR)[0]), fused.cfg)
+    with torch.inference_mode():
+        side = net.lite0_head(lite0_features(fused.lite0(), mel_image(mel, 32)))
+        want = F.normalize(0.3 * F.normalize(net(mel), dim=-1) + 0.7 * F.normalize(side, dim=-1), dim=-1)[0]
+    assert np.allclose(got, want.numpy(), atol=1e-5)
+    net.lite0_head.tower_weight.fill_(1.0)  # all tower: the plain tower's vector
+    plain = AudioNet(AudioConfig()).eval()
+    plain.load_state_dict({k: v for k, v in net.state_dict().items() if not k.startswith("lite0_head.")})
+    assert np.allclose(fused.encode([(wave, SR)]), AudioTower(plain).encode([(wave, SR)]), atol=1e-5)
+
+
+def test_config_without_lite0_fields_is_the_plain_tower() -> None:
+    old = json.loads(AudioConfig().to_json())
+    del old["lite0_rows"], old["lite0_hidden"]
+    cfg = AudioConfig.from_json(json.dumps(old))
+    assert cfg.lite0_rows == 0 and AudioNet(cfg).lite0_head is None
 
 
 # ---- decoding errors -----------------------------------------------------------------------------

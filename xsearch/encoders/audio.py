@@ -4,11 +4,17 @@
 ``benchmarks/train_audio.py`` against frozen MiniLM caption embeddings) and embeds clips of any length:
 the clip is resampled to 16 kHz, cut into overlapping windows, each window embedded, the window embeddings
 mean-pooled and L2-normalised.
+
+When the config has ``lite0_rows`` > 0, each window is also seen by the frozen ImageNet EfficientNet-Lite0 that
+xsearch-mini ships for images: its log-mel, resized to a ``lite0_rows``-row "image", goes through Lite0, the pooled
+feature maps through a small trained head (``Lite0Head``, ``benchmarks/lite0_audio.py``), and the window vector is
+``normalise(w * tower + (1 - w) * head)`` with ``w`` the head's ``tower_weight`` (both unit vectors).
 """
 from __future__ import annotations
 
 import json
 import math
+import threading
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 from functools import lru_cache
@@ -48,6 +54,8 @@ class AudioConfig:
     min_s: float = 3.0  # shorter clips are centred in this much audio, as the (3 s) training clips were
     pad_floor_db: float = -40.0  # ... over a faint noise floor this far below the clip (training clips are never silent)
     max_windows: int = 256  # longer recordings (> ~8.5 min) are sampled at this many evenly spaced windows
+    lite0_rows: int = 0  # > 0: the EfficientNet-Lite0 branch sees the log-mel resized to this many rows (0: none)
+    lite0_hidden: int = 1024  # its head's hidden width
 
     @classmethod
     def from_json(cls, text: str) -> "AudioConfig":
@@ -203,11 +211,62 @@ class AudioNet(nn.Module):
         self.head = nn.Sequential(
             nn.Linear(2 * c_in, cfg.hidden), nn.ReLU(inplace=True), nn.Dropout(0.1), nn.Linear(cfg.hidden, cfg.dim)
         )
+        self.lite0_head = Lite0Head(LITE0_FEATURES, cfg.lite0_hidden, cfg.dim) if cfg.lite0_rows > 0 else None
 
     def forward(self, mel: torch.Tensor) -> torch.Tensor:
         """(batch, n_mels, frames) log-mel -> (batch, dim) unnormalised embeddings."""
         x = self.blocks(self.stem(self.bn0(mel)))
         return self.head(torch.cat([x.mean(dim=-1), x.amax(dim=-1)], dim=1))
+
+
+# ---- the EfficientNet-Lite0 branch ---------------------------------------------------------------
+LITE0_STAGE = 10  # the block (112 channels, stride 16) whose output is pooled besides the final 1280-channel map
+LITE0_FEATURES = 2 * 1280 + 2 * 112
+LITE0_TOP_DB = 80.0  # dynamic range of the mel image
+
+
+def mel_image(mel: torch.Tensor, rows: int) -> torch.Tensor:
+    """(b, n_mels, t) natural-log mels -> (b, 3, rows, t) in [-1, 1] (Lite0's input range): the top 80 dB of each
+    window, low bands at the bottom, replicated to 3 channels (channels-last, as Lite0 is laid out)."""
+    x = mel.float()
+    if rows != x.shape[1]:
+        x = F.interpolate(x[:, None], size=(rows, x.shape[2]), mode="bilinear", align_corners=False)[:, 0]
+    top = x.amax(dim=(1, 2), keepdim=True)
+    x = ((x - top) / (LITE0_TOP_DB * math.log(10) / 10)).clamp(-1, 0) * 2 + 1
+    return x.flip(1)[:, None].expand(-1, 3, -1, -1).contiguous(memory_format=torch.channels_last)
+
+
+def _pool_map(x: torch.Tensor) -> torch.Tensor:
+    """(b, c, h, w) -> (b, 2c): mean over frequency, then mean and max over time."""
+    x = x.mean(dim=2)
+    return torch.cat([x.mean(dim=-1), x.amax(dim=-1)], dim=1)
+
+
+def lite0_features(model: nn.Module, img: torch.Tensor) -> torch.Tensor:
+    """Frozen Lite0 (eval mode) on mel images -> (b, ``LITE0_FEATURES``): pooled head map, then pooled block 10."""
+    x = model._swish(model._bn0(model._conv_stem(img)))
+    mid = img
+    for idx, block in enumerate(model._blocks):
+        x = block(x, drop_connect_rate=None)
+        if idx == LITE0_STAGE:
+            mid = _pool_map(x)
+    x = model._swish(model._bn1(model._conv_head(x)))
+    return torch.cat([_pool_map(x), mid], dim=1)
+
+
+class Lite0Head(nn.Module):
+    """Standardised pooled Lite0 features -> MLP -> ``dim``; ``tower_weight`` is the TC-ResNet's share in the fusion."""
+
+    def __init__(self, d_in: int, hidden: int, dim: int, dropout: float = 0.2, tower_weight: float = 0.5):
+        super().__init__()
+        self.register_buffer("mu", torch.zeros(d_in))
+        self.register_buffer("sd", torch.ones(d_in))
+        self.register_buffer("tower_weight", torch.tensor(float(tower_weight)))  # saved (and fingerprinted) with the weights
+        self.net = nn.Sequential(nn.Dropout(dropout), nn.Linear(d_in, hidden), nn.GELU(), nn.Dropout(dropout),
+                                 nn.Linear(hidden, dim))
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        return self.net((feats.float() - self.mu) / self.sd)
 
 
 # ---- the wrapper ---------------------------------------------------------------------------------
@@ -219,6 +278,8 @@ class AudioTower:
         self.cfg = net.cfg
         self.device = device
         self.dim = net.cfg.dim
+        self._lite0: nn.Module | None = None  # the frozen EfficientNet-Lite0, loaded on the first window
+        self._lock = threading.Lock()
 
     @classmethod
     def load(
@@ -259,8 +320,35 @@ class AudioTower:
             for s in range(0, len(idxs), batch_size):
                 chunk = idxs[s : s + batch_size]
                 batch = torch.from_numpy(np.stack([windows[i] for i in chunk])).to(self.device)
-                out[chunk] = self.net(log_mel(batch, self.cfg)).float().cpu().numpy()
+                out[chunk] = self.embed_mels(log_mel(batch, self.cfg)).cpu().numpy()
         return l2_normalize(out)
+
+    @torch.inference_mode()
+    def embed_mels(self, mel: torch.Tensor) -> torch.Tensor:
+        """(b, n_mels, frames) log-mels -> (b, dim) unit vectors: the tower, fused with the Lite0 branch when configured."""
+        vec = F.normalize(self.net(mel).float(), dim=-1)
+        head = self.net.lite0_head
+        if head is None:
+            return vec
+        side = F.normalize(head(lite0_features(self.lite0(), mel_image(mel, self.cfg.lite0_rows))), dim=-1)
+        w = head.tower_weight.float()
+        return F.normalize(w * vec + (1 - w) * side, dim=-1)
+
+    def __getstate__(self) -> dict:
+        """Pickle without the lock and the (re-loadable) Lite0 backbone."""
+        return {k: v for k, v in self.__dict__.items() if k not in ("_lock", "_lite0")}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, _lite0=None, _lock=threading.Lock())
+
+    def lite0(self) -> nn.Module:
+        """The frozen EfficientNet-Lite0 of xsearch-mini's image path (its pip package), loaded once."""
+        with self._lock:
+            if self._lite0 is None:
+                from .mini import load_efficientnet
+
+                self._lite0 = load_efficientnet(self.device)
+            return self._lite0
 
     def encode(self, clips: Sequence[AudioInput], batch_size: int = 32) -> np.ndarray:
         """``(n, dim)`` float32 unit rows for clips given as ``(wave, sr)`` tuples or file paths.
