@@ -115,6 +115,20 @@ def test_tag_command_and_tag_filter(indexed):
     assert best["chelsea.jpg"] == "cat"
     hits = jsonl(run("query", "a photo", "--tag", "cat", "--home", indexed, "--json").stdout)
     assert [Path(h["path"]).name for h in hits] == ["chelsea.jpg"]
+    assert run("tag", "--labels", "cat,rocket", "-k", "1", "--home", indexed, "-q").stdout == ""
+
+
+@pytest.mark.parametrize("args", [["query", "a cat", "--json"], ["query", "a cat"], ["info"]])
+def test_a_reader_that_goes_away_ends_the_command_quietly(indexed, args):
+    """`xsearch query ... | head -1`: no error line, exit 141 as for a shell tool killed by SIGPIPE."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "xsearch.cli", *args, "--home", str(indexed)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # before anything is written
+    _, stderr = proc.communicate(timeout=120)
+    assert (proc.returncode, stderr.decode()) == (141, "")
 
 
 @pytest.mark.parametrize("args, message", [

@@ -1,6 +1,7 @@
 """The `xsearch` command line (typer): calls only ``xsearch.engine`` (and config/errors). Every command goes through
 one error funnel, the only place that turns errors into exit codes: 0 ok, 1 XSearchError (one line), 2 internal error
-(one line; XSEARCH_DEBUG=1 re-raises it with its traceback), 130 interrupted."""
+(one line; XSEARCH_DEBUG=1 re-raises it with its traceback), 130 interrupted, 141 (quietly) when the reader of stdout
+went away (``| head``)."""
 from __future__ import annotations
 
 import functools
@@ -23,7 +24,14 @@ from .errors import BadInput, XSearchError, XSearchWarning
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Cross-modal search: index images, text and audio into one vector space and query it.")
-out = Console(soft_wrap=True)
+class _Out(Console):
+    def on_broken_pipe(self) -> None:
+        """A closed stdout pipe goes to the error funnel (quiet exit 141), as plain writes do."""
+        self.quiet = True
+        raise BrokenPipeError
+
+
+out = _Out(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
 RayOpt = typer.Option(None, "--ray", metavar="auto|ADDRESS",
@@ -70,6 +78,9 @@ def _errors() -> Iterator[None]:
     except XSearchError as exc:
         err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, markup=True)
         raise typer.Exit(exc.exit_code) from None
+    except BrokenPipeError:  # the reader went away (`xsearch query ... --json | head -1`): stop quietly, like `ls`
+        _detach_stdout()
+        raise typer.Exit(141) from None
     except OSError as exc:  # the file system said no (read-only, permissions, full disk): one line naming the file
         where = f"{exc.filename}: " if exc.filename else ""
         err.print(f"[red]error:[/red] {escape(where + (exc.strerror or str(exc)))}", highlight=False, markup=True)
@@ -86,6 +97,14 @@ def _errors() -> Iterator[None]:
         err.print(f"[red]internal error:[/red] {type(exc).__name__}: {escape(first)} (XSEARCH_DEBUG=1 shows the traceback; "
                   "please report it)", highlight=False, markup=True)
         raise typer.Exit(2) from None
+
+
+def _detach_stdout() -> None:
+    """Point stdout at /dev/null so that flushing it at exit does not fail a second time."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # not a real file (tests' CliRunner)
+        pass
 
 
 def command(name: Optional[str] = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -429,6 +448,7 @@ def tag(
     collection: str = CollectionOpt,
     wait: bool = WaitOpt,
     as_json: bool = JsonOpt,
+    quiet: bool = QuietOpt,
 ) -> None:
     """Zero-shot tagging: store the k best labels of every image (or audio/text item) as tags (`query --tag`)."""
     from .engine import Collection
@@ -436,7 +456,7 @@ def tag(
     names = _labels(labels)
     with Collection.open(_home(home), collection, wait=wait, say=_say) as col:
         tags = col.tag(names, k=k, template=template, modality=modality)
-    for path, pairs in tags.items():
+    for path, pairs in () if quiet and not as_json else tags.items():
         if as_json:
             sys.stdout.write(json.dumps({"path": path, "tags": [{"tag": t, "score": round(s, 6)} for t, s in pairs]}) + "\n")
         else:
