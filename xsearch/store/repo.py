@@ -14,7 +14,7 @@ from sqlalchemy import create_engine, delete, event, false, func, inspect, or_, 
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DatabaseError, OperationalError
 from sqlalchemy.pool import QueuePool
-from sqlalchemy.orm import Session, load_only, sessionmaker, undefer
+from sqlalchemy.orm import Session, load_only, sessionmaker
 
 from ..atomic import kill_point
 from ..errors import BadInput, DamagedCollection, SchemaTooNew
