@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import MissingDependency, ModelLoadError
+from ..errors import ModelLoadError
 from .bert_numpy import IGNORED_WEIGHTS, BertConfig, SentenceFolder
 
 ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
