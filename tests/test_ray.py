@@ -191,6 +191,20 @@ def test_shards_save_load_and_route_adds(tmp_path):
         load_index(tmp_path / "vectors.faiss", x.shape[1], spec)
 
 
+def test_changing_the_shard_count_leaves_only_the_files_in_use(folder, home, tiny_clip):
+    with Collection.open(home, "c", encoder=tiny_clip, create=True) as col:
+        col.add([folder])
+        before = _hits(col, "a rocket")
+    files = lambda: sorted(p.name for p in (home / "c").glob("vectors*"))  # noqa: E731
+    for n in (3, 2):
+        assert runner.invoke(app, ["reindex", "--home", str(home), "-c", "c", "--shards", str(n)]).exit_code == 0
+        assert files() == sorted(["vectors.faiss", *(p.name for p in shard_paths(home / "c" / "vectors.faiss", n))])
+    assert runner.invoke(app, ["reindex", "--home", str(home), "-c", "c", "--shards", "1"]).exit_code == 0
+    assert files() == ["vectors.faiss"]
+    with Collection.open(home, "c", read_only=True) as col:
+        assert _hits(col, "a rocket") == before
+
+
 def test_sharded_collection_reindex_query_and_ray_actors(ray_local, folder, home, tiny_clip):
     with Collection.open(home, "c", encoder=tiny_clip, create=True) as col:
         col.add([folder])

@@ -293,6 +293,15 @@ class Collection:
             self.index = self._built_index(ray)
             self._modality.reset()
             self.save()
+            self._drop_stale_shards()
+
+    def _drop_stale_shards(self) -> None:
+        """Delete shard files of an earlier shard count, once the new index is saved (a reader that still opens
+        one finds it missing and searches an index rebuilt from meta.sqlite instead)."""
+        from ..index.shards import stale_shard_files
+
+        for file in stale_shard_files(self.folder / VECTORS_FILE, self.info.shards):
+            file.unlink(missing_ok=True)
 
     def _built_index(self, ray: str | None = None) -> "VectorIndex":
         """A new FAISS index of every stored vector, as the collection's index choice asks."""

@@ -39,6 +39,14 @@ def shard_paths(path: str | os.PathLike[str], n: int) -> list[Path]:
     return [path.with_name(f"{path.stem}.shard-{i:03d}-of-{n:03d}{path.suffix}") for i in range(n)]
 
 
+def stale_shard_files(path: str | os.PathLike[str], n: int) -> list[Path]:
+    """Shard files next to ``path`` that an ``n``-shard index there (``n`` <= 1: none) does not use: left by an
+    earlier shard count."""
+    path = Path(path)
+    keep = set(shard_paths(path, n)) if n > 1 else set()
+    return sorted(f for f in path.parent.glob(f"{path.stem}.shard-*-of-*{path.suffix}") if f not in keep)
+
+
 def merge_topk(parts: Sequence[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.ndarray, np.ndarray]:
     """Keep the ``k`` best (highest inner product) of per-shard (scores, ids) results, -1 / -inf padded."""
     scores = np.concatenate([s for s, _ in parts], axis=1)
