@@ -29,8 +29,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 from audio_eval import read_captions, text_embed  # noqa: E402
 from real_audio import captions_of, coarse_of, mel_cache, read_rows, real_metrics  # noqa: E402
-from train_audio import (NOISE_LABELS, augment, band_limit, coarse_captions, crop, embed, features,  # noqa: E402
-                         masked_infonce, mix_in, synthetic_metrics)
+from train_audio import (NOISE_LABELS, augment, band_limit, coarse_captions, contrastive_step, crop, embed,  # noqa: E402
+                         features, mix_in, synthetic_metrics)
 from xsearch.encoders.audio import AudioConfig, AudioTower, Lite0Head, lite0_features, mel_image  # noqa: E402
 
 DATA = ROOT / "benchmarks" / "_data"
@@ -181,20 +181,13 @@ def train_head(args: argparse.Namespace) -> None:
         losses = []
         for b in range(steps_per):
             lr = args.lr * min(1.0, (step + 1) / 50) * 0.5 * (1 + math.cos(math.pi * step / total))
-            for g in opt.param_groups:
-                g["lr"] = lr
             ks = torch.tensor(order[b * args.batch : (b + 1) * args.batch])
             ci, pj, w = clip_of[ks], partner[ks], weight[ks][:, None]
             t = txt[caps[ci]]
             mixed = pj >= 0
             t = torch.where(mixed[:, None], F.normalize(w * t + (1 - w) * txt[caps[pj.clamp(min=0)]], dim=-1), t)
             k = torch.where(mixed, -1 - torch.arange(len(ks)), keys[ci])
-            a = F.normalize(head(feat[ks]), dim=-1)
-            loss = masked_infonce(a, t, k, log_scale.clamp(max=math.log(100)).exp())
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            losses.append(loss.item())
+            losses.append(contrastive_step(opt, lr, F.normalize(head(feat[ks]), dim=-1), t, k, log_scale))
             step += 1
         if (epoch + 1) % args.eval_every == 0 or epoch + 1 == args.epochs:
             line = evaluate(head, feat, clip_of, view, clips, tower_emb, args, final=epoch + 1 == args.epochs)

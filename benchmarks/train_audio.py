@@ -205,6 +205,19 @@ def masked_infonce(a: torch.Tensor, t: torch.Tensor, keys: torch.Tensor, scale: 
     return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
 
 
+def contrastive_step(opt: torch.optim.Optimizer, lr: float, a: torch.Tensor, t: torch.Tensor, keys: torch.Tensor,
+                     log_scale: torch.Tensor) -> float:
+    """One optimiser step at ``lr`` on ``masked_infonce`` of unit audio vectors ``a`` vs caption vectors ``t``
+    (temperature capped at 1/100); returns the loss."""
+    for g in opt.param_groups:
+        g["lr"] = lr
+    loss = masked_infonce(a, t, keys, log_scale.clamp(max=math.log(100)).exp())
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    return loss.item()
+
+
 def real_draws(real_i: list[int], keys: list[int], repeat: int, balance: float, rng: random.Random) -> list[int]:
     """One epoch's real clips: each ``repeat`` times, or (balance > 0) the same total with a label of n clips drawn
     in proportion to n^(1-balance), cycling through its clips in a fresh order (balance 1: every label equally)."""
@@ -289,15 +302,8 @@ def train(args: argparse.Namespace) -> None:
         rng.shuffle(order)
         for b in range(per_epoch):
             lr = args.lr * min(1.0, (step + 1) / 100) * 0.5 * (1 + math.cos(math.pi * min(step / total, 1.0)))
-            for g in opt.param_groups:
-                g["lr"] = lr
             x, t, k = make_batch(pool, order[b * args.batch : (b + 1) * args.batch], caps, txt, keys, gen, rng, cfg, args)
-            a = F.normalize(net(x), dim=-1)
-            loss = masked_infonce(a, t, k, log_scale.clamp(max=math.log(100)).exp())
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            losses.append(loss.item())
+            losses.append(contrastive_step(opt, lr, F.normalize(net(x), dim=-1), t, k, log_scale))
             step += 1
         print(f"epoch {epoch + 1}/{args.epochs} loss {np.mean(losses):.3f} T={math.exp(-log_scale.item()):.3f} "
               f"{time.time() - t_ep:.0f}s", flush=True)
