@@ -408,8 +408,10 @@ class MiniLMText:
         return self.runtime(self.runtime_name(len(texts))).encode(texts, batch_size=batch_size)
 
 
+@lru_cache(maxsize=None)
 def load_efficientnet(device: str) -> Any:
-    """EfficientNet-Lite0 ImageNet classifier (eval mode) from the packaged weights file."""
+    """EfficientNet-Lite0 ImageNet classifier (eval mode) from the packaged weights file: one frozen instance per
+    device and process, shared by the image path and the audio tower's Lite0 branch (neither changes it)."""
     import torch
 
     try:
